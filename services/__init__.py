@@ -1,0 +1,1 @@
+"""mindgap services: the math verifier and the rewriter."""

@@ -1,0 +1,94 @@
+"""The verifier service: FastAPI over a ``LocalVerifier`` pool."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mindgap import __version__
+from mindgap.config import ServiceSettings, VerifierSettings
+from mindgap.http import bearer_auth, install_common
+from mindgap.schemas import (
+    VerifyBatchRequest,
+    VerifyBatchResponse,
+    VerifyRequest,
+    VerifyResult,
+)
+from services.verifier.metrics import VerifierMetrics
+from services.verifier.pool import LocalVerifier
+
+READY_PROBE_TIMEOUT_S = 10.0
+
+
+def create_app(pool: LocalVerifier | None = None,
+               settings: VerifierSettings | None = None,
+               service: ServiceSettings | None = None) -> FastAPI:
+    """Build the app; it owns (and closes) the pool unless one is passed in."""
+    settings = settings or VerifierSettings()
+    service = service or ServiceSettings()
+    owned = pool is None
+    verifier = pool or LocalVerifier(workers=settings.workers, timeout_s=settings.timeout_s,
+                                     memory_mb=settings.memory_mb)
+    metrics = VerifierMetrics(verifier)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            verifier.close()
+
+    app = FastAPI(title="mindgap verifier", version=__version__, lifespan=lifespan,
+                  description="Sandboxed checking of math answers against references.")
+    install_common(app, settings.max_body_bytes)
+    auth = [Depends(bearer_auth(service.api_key))]
+
+    @app.middleware("http")
+    async def observe(request: Request,
+                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    @app.post("/v1/verify", dependencies=auth, response_model=VerifyResult)
+    async def verify_one(body: VerifyRequest) -> VerifyResult:
+        """Verify one response against a reference."""
+        result = await verifier.averify(body.response, body.reference)
+        metrics.verdicts.labels(result.reason.value).inc()
+        return result
+
+    @app.post("/v1/verify/batch", dependencies=auth, response_model=VerifyBatchResponse)
+    async def verify_batch(body: VerifyBatchRequest) -> VerifyBatchResponse:
+        """Verify up to 1024 items in parallel; results in request order."""
+        results = await verifier.averify_batch(body.items)
+        for result in results:
+            metrics.verdicts.labels(result.reason.value).inc()
+        return VerifyBatchResponse(results=results)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "The worker pool cannot verify yet."}})
+    async def readyz() -> JSONResponse:
+        """Readiness: a sandbox worker verifies a known pair correctly."""
+        probe = await verifier.averify("\\boxed{2}", "2")
+        if probe.correct:
+            return JSONResponse({"status": "ready", "workers": verifier.workers})
+        return JSONResponse({"status": "not ready", "detail": probe.detail}, status_code=503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

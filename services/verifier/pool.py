@@ -1,0 +1,257 @@
+"""``LocalVerifier``: a pool of sandboxed worker processes with a hard per-item timeout.
+
+The parent enforces the wall timeout: a worker that does not answer in time has its
+process group killed and is replaced; a worker that dies mid-item is replaced and the
+item retried once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mindgap.config import VerifierSettings
+from mindgap.schemas import VerifyReason, VerifyRequest, VerifyResult
+from services.verifier.channel import Channel
+from services.verifier.sandbox import SandboxLimits
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE_S = 0.5
+"""How long past the item timeout the parent waits before killing a worker."""
+READY_TIMEOUT_S = 60.0
+_WARNED_NO_NETNS = False
+
+
+def _project_root() -> str:
+    """The folder holding the ``services`` package, so workers import the same code."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+class WorkerDied(RuntimeError):
+    """The worker process exited while handling an item."""
+
+
+@dataclass
+class PoolStats:
+    """Counters a service exports as metrics."""
+
+    items: int = 0
+    timeouts: int = 0
+    restarts: int = 0
+    errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+class _Worker:
+    """One sandboxed process and the pipes to it; used by exactly one dispatcher thread."""
+
+    def __init__(self, limits: SandboxLimits) -> None:
+        self._limits = limits
+        self.process: subprocess.Popen[bytes] | None = None
+        self._channel: Channel | None = None
+        self._ready = False
+
+    def start(self) -> None:
+        """Launch the process; it gets ready (imports, sandbox set-up) in the background."""
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_project_root(),
+                                                          env.get("PYTHONPATH")]))
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.verifier.sandbox", str(to_child_r),
+                 str(to_parent_w), str(self._limits.memory_mb)],
+                pass_fds=(to_child_r, to_parent_w), start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(to_parent_w)
+        self._channel = Channel(to_parent_r, to_child_w)
+        self._ready = False
+
+    def _await_ready(self) -> None:
+        global _WARNED_NO_NETNS
+        assert self._channel is not None
+        if not self._channel.poll(READY_TIMEOUT_S):
+            raise WorkerDied("worker did not start in time")
+        hello = self._channel.recv()
+        if not hello.get("isolated") and not _WARNED_NO_NETNS:
+            log.warning("verifier sandbox: no network namespace permitted here; "
+                        "workers run with rlimits only")
+            _WARNED_NO_NETNS = True
+        self._ready = True
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def kill(self) -> None:
+        """Kill the worker's whole process group and reap it."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            self.process.wait(timeout=5)
+        if self._channel is not None:
+            self._channel.close()
+        self.process, self._channel, self._ready = None, None, False
+
+    def run(self, item: VerifyRequest, timeout_s: float) -> VerifyResult | None:
+        """The worker's result, or None when it ran out of time (it is then replaced)."""
+        try:
+            if self.process is None or self.process.poll() is not None:
+                self.kill()
+                self.start()
+            if not self._ready:
+                self._await_ready()
+            assert self._channel is not None
+            self._channel.send([item.response, item.reference, timeout_s])
+            if not self._channel.poll(timeout_s + KILL_GRACE_S):
+                self.kill()
+                self.start()
+                return None
+            return VerifyResult.model_validate(self._channel.recv())
+        except (EOFError, OSError, ValueError) as exc:
+            self.kill()
+            self.start()
+            raise WorkerDied(str(exc) or type(exc).__name__) from exc
+
+    def stop(self) -> None:
+        """Close the pipes (the worker exits on end of file), then make sure it is gone."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=2)
+        self.kill()
+
+
+@dataclass
+class _Job:
+    item: VerifyRequest
+    future: Future[VerifyResult]
+
+
+class LocalVerifier:
+    """Verify in a pool of sandboxed processes; thread-safe, sync and async entry points."""
+
+    def __init__(self, workers: int | None = None, timeout_s: float | None = None,
+                 memory_mb: int | None = None) -> None:
+        settings = VerifierSettings()
+        self.workers = workers or settings.workers
+        self.timeout_s = timeout_s or settings.timeout_s
+        limits = SandboxLimits(memory_mb=memory_mb or settings.memory_mb)
+        self.stats = PoolStats()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._slots = [_Worker(limits) for _ in range(self.workers)]
+        for slot in self._slots:
+            slot.start()
+        self._threads = [threading.Thread(target=self._serve, args=(slot,), daemon=True,
+                                          name=f"verifier-dispatch-{i}")
+                         for i, slot in enumerate(self._slots)]
+        for thread in self._threads:
+            thread.start()
+        self._closed = False
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and operators)."""
+        return [pid for slot in self._slots if (pid := slot.pid) is not None]
+
+    def _serve(self, slot: _Worker) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                slot.stop()
+                return
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_result(self._run(slot, job.item))
+
+    def _run(self, slot: _Worker, item: VerifyRequest) -> VerifyResult:
+        start = time.perf_counter()
+        last_error = ""
+        for _attempt in range(2):
+            try:
+                result = slot.run(item, self.timeout_s)
+            except WorkerDied as exc:
+                self.stats.add(restarts=1)
+                last_error = str(exc)
+                continue
+            if result is None:
+                self.stats.add(items=1, timeouts=1, restarts=1)
+                return VerifyResult(
+                    correct=False, extracted=None, reference=item.reference[:200],
+                    reason=VerifyReason.timeout, elapsed_ms=(time.perf_counter() - start) * 1000,
+                    detail=f"no answer within {self.timeout_s:g} s; worker killed",
+                )
+            self.stats.add(items=1, timeouts=int(result.reason is VerifyReason.timeout))
+            return result
+        self.stats.add(items=1, errors=1)
+        return VerifyResult(
+            correct=False, extracted=None, reference=item.reference[:200],
+            reason=VerifyReason.error, elapsed_ms=(time.perf_counter() - start) * 1000,
+            detail=f"verifier worker died twice: {last_error}",
+        )
+
+    def submit(self, item: VerifyRequest) -> Future[VerifyResult]:
+        """Queue one item; the future resolves to its result."""
+        if self._closed:
+            raise RuntimeError("LocalVerifier is closed")
+        future: Future[VerifyResult] = Future()
+        self._jobs.put(_Job(item, future))
+        return future
+
+    def verify(self, response: str, reference: str) -> VerifyResult:
+        """Verify one response against one reference."""
+        return self.submit(VerifyRequest(response=response, reference=reference)).result()
+
+    def verify_batch(self, items: Sequence[VerifyRequest]) -> list[VerifyResult]:
+        """Verify many items in parallel; results in input order."""
+        futures = [self.submit(item) for item in items]
+        return [future.result() for future in futures]
+
+    async def averify(self, response: str, reference: str) -> VerifyResult:
+        """Async form of :meth:`verify`."""
+        item = VerifyRequest(response=response, reference=reference)
+        return await asyncio.wrap_future(self.submit(item))
+
+    async def averify_batch(self, items: Sequence[VerifyRequest]) -> list[VerifyResult]:
+        """Async form of :meth:`verify_batch`."""
+        return list(await asyncio.gather(*(asyncio.wrap_future(self.submit(i)) for i in items)))
+
+    def close(self) -> None:
+        """Stop every worker; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def __enter__(self) -> LocalVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,110 @@
+"""The sandboxed worker process: resource limits, no network, a deadline per item.
+
+Run as ``python -m services.verifier.sandbox READ_FD WRITE_FD MEMORY_MB`` by the pool.
+Messages are JSON (never pickle, so a subverted worker cannot run code in the parent).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mindgap.schemas import VerifyReason, VerifyResult
+from services.verifier.channel import Channel
+from services.verifier.check import check
+from services.verifier.equivalence import warm_up
+
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Limits applied to every worker process."""
+
+    memory_mb: int = 2048
+    max_open_files: int = 64
+
+
+class Deadline(BaseException):
+    """Raised in a worker when an item's time is up (a BaseException, so parsers can't swallow it).
+    """
+
+
+def _isolate_network() -> bool:
+    """Move into an empty network namespace; False where the kernel does not permit it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for flags in (_CLONE_NEWNET, _CLONE_NEWUSER | _CLONE_NEWNET):
+        if libc.unshare(flags) == 0:
+            return True
+    return False
+
+
+def _apply_limits(limits: SandboxLimits) -> None:
+    memory = limits.memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
+
+
+def _raise_deadline(signum: int, frame: Any) -> None:
+    raise Deadline
+
+
+def _arm(timeout_s: float) -> None:
+    """Interrupt Python code after ``timeout_s``; kill by CPU limit shortly after as a backstop."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_now = int(used.ru_utime + used.ru_stime)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = cpu_now + int(timeout_s) + 3
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+
+
+def _verify_one(response: str, reference: str, timeout_s: float) -> dict[str, Any]:
+    start = time.perf_counter()
+    _arm(timeout_s)
+    try:
+        return check(response, reference).model_dump(mode="json")
+    except Deadline:
+        return VerifyResult(
+            correct=False, extracted=None, reference=reference[:200], reason=VerifyReason.timeout,
+            elapsed_ms=(time.perf_counter() - start) * 1000, detail=f"over {timeout_s:g} s",
+        ).model_dump(mode="json")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def worker_main(channel: Channel, limits: SandboxLimits) -> None:
+    """Set up the sandbox, then answer ``[response, reference, timeout]`` messages until
+    the pipe closes."""
+    isolated = _isolate_network()
+    _apply_limits(limits)
+    signal.signal(signal.SIGALRM, _raise_deadline)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warm_up()
+    channel.send({"ready": True, "pid": os.getpid(), "isolated": isolated})
+    while True:
+        try:
+            response, reference, timeout_s = channel.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            result = _verify_one(response, reference, timeout_s)
+        except Deadline:  # the timer fired between the check and its disarming
+            result = _verify_one(response, reference, timeout_s)
+        channel.send(result)
+
+
+if __name__ == "__main__":
+    read_fd, write_fd, memory_mb = (int(arg) for arg in sys.argv[1:4])
+    worker_main(Channel(read_fd, write_fd), SandboxLimits(memory_mb=memory_mb))
