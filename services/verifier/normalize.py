@@ -93,10 +93,17 @@ def as_number(answer: str) -> Fraction | None:
 
 
 def numbers_equal(a: Fraction, b: Fraction, rel_tol: float = 1e-6) -> bool:
-    """Exact equality, or agreement to ``rel_tol`` (a decimal rounding of the same value)."""
+    """Exact equality, or agreement to ``rel_tol`` (a decimal rounding of the same value).
+
+    Two integers must be equal exactly (a count is never approximately right). Otherwise the
+    tolerance is relative to the larger magnitude: an absolute floor would make every pair
+    of small values (``2.88e-19`` and ``1.3e-27``) equal.
+    """
     if a == b:
         return True
-    return abs(a - b) <= Fraction(rel_tol) * max(Fraction(1), abs(b))
+    if a.denominator == 1 and b.denominator == 1:
+        return False
+    return abs(a - b) <= Fraction(str(rel_tol)) * max(abs(a), abs(b))
 
 
 def brace_depth(text: str) -> int:
