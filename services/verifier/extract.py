@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mindgap.answers import last_boxed
+
 TAIL_CHARS = 4096
 """Only the last 4 KiB of a response are examined."""
 
-_BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _GSM8K = re.compile(r"####\s*([^\n]+)")
 # "Final answer: x", also with markdown bold around the label ("**Final Answer**: x").
 _FINAL_ANSWER = re.compile(
@@ -28,34 +29,6 @@ class Extraction:
     answer: str | None
     method: str | None
     truncated: bool
-
-
-def _closing_brace(text: str, start: int) -> int | None:
-    """Index of the brace closing the one opened just before ``start``, or None."""
-    depth = 1
-    i = start
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces kept)."""
-    for match in reversed(list(_BOXED_START.finditer(text))):
-        end = _closing_brace(text, match.end())
-        if end is not None:
-            return text[match.end() : end].strip()
-    return None
 
 
 def _find_unescaped(text: str, token: str, start: int) -> int:

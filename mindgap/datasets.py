@@ -1,0 +1,488 @@
+"""Read problems from JSONL, Parquet or Hugging Face datasets; write models as JSON lines.
+
+Reading maps source fields onto :class:`mindgap.schemas.Problem` with a :class:`FieldMap`,
+usually one of the :data:`PRESETS`::
+
+    problems = read_problems("gsm8k_test.jsonl", preset="gsm8k", limit=100)
+
+The format follows the name: ``.jsonl``/``.json`` (JSON lines), ``.parquet``; anything else
+is opened with Hugging Face ``datasets`` (``load_from_disk`` for a folder written by
+``save_to_disk``, else ``load_dataset``, which takes a hub name or a folder of data files).
+
+The reference answer is the mapped answer field, else derived from the solution (the last
+``\\boxed{}``, else the GSM8K ``#### n`` line), as DESIGN.md prescribes. A row without one is
+invalid. Every bad row raises :class:`DatasetError` naming the source, the 1-based line (row)
+number and the field, e.g. ``data.jsonl:17: field 'question': missing``; with
+``skip_invalid=True`` it is logged as a warning, counted in a :class:`ReadReport`, and skipped.
+
+Writing (``write_jsonl``, ``append_jsonl``) flushes and fsyncs on every call, and
+``read_jsonl_ids`` ignores an unterminated last line, so a killed run can ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mindgap.answers import derive_answer
+from mindgap.schemas import Problem
+
+__all__ = [
+    "PRESETS",
+    "DatasetError",
+    "FieldMap",
+    "ReadReport",
+    "append_jsonl",
+    "derive_answer",
+    "iter_problems",
+    "read_jsonl_ids",
+    "read_problems",
+    "write_jsonl",
+]
+
+log = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+
+_CALCULATOR = re.compile(r"<<[^<>\n]*>>")
+_HF_DISK_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
+
+
+class DatasetError(ValueError):
+    """A source that cannot be read, or a row that does not make a valid problem."""
+
+
+class FieldMap(BaseModel):
+    """Which source field gives each :class:`~mindgap.schemas.Problem` field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str | None = None
+    """Field with the problem id (a string or an integer). None: a stable id from the row,
+    ``f"{stem}-{index}"``, where ``stem`` is the file name without suffix (for Hugging Face
+    sources the last part of the name, plus ``-{split}`` when a split was chosen) and
+    ``index`` the 0-based position of the row among all rows of the source, bad ones
+    included, so ids do not shift when rows are skipped or the source is read with a limit."""
+    question: str = "question"
+    """Field with the problem statement (a non-empty string)."""
+    solution: str = "solution"
+    """Field with the expert solution y* (a non-empty string)."""
+    answer: str | None = None
+    """Field with the reference answer (string or number). None, or a row where it is absent
+    or empty: derived from the solution (last ``\\boxed{}``, else the ``#### n`` line)."""
+    metadata: str | None = None
+    """Field holding a JSON object to use as the problem's metadata."""
+    keep_extra: bool = True
+    """Copy the row's other fields into metadata when they are scalars (str, int, float,
+    bool); lists and objects (e.g. NuminaMath's ``messages``) are left out."""
+    strip_calculator: bool = False
+    """Remove GSM8K calculator annotations ``<<48/2=24>>`` from the solution."""
+
+
+PRESETS: dict[str, FieldMap] = {
+    # The Problem fields themselves (what mindgap writes, e.g. mindgap/samples/problems.jsonl).
+    "mindgap": FieldMap(id="id", question="question", solution="solution", answer="answer",
+                        metadata="metadata"),
+    # GSM8K: the worked solution lives in "answer" and ends with "#### n".
+    "gsm8k": FieldMap(question="question", solution="answer", answer=None,
+                      strip_calculator=True),
+    # MATH / MATH-500: MATH-500 has an answer field; the original MATH does not (derived).
+    "math": FieldMap(question="problem", solution="solution", answer="answer"),
+    # NuminaMath-CoT: the answer is the solution's last \boxed{}.
+    "numina": FieldMap(question="problem", solution="solution", answer=None),
+}
+"""Field maps for known data sets; ``mindgap`` is the default."""
+
+DEFAULT_PRESET = "mindgap"
+
+
+@dataclass
+class ReadReport:
+    """What a read did: rows seen, problems kept, bad rows skipped (with their messages)."""
+
+    rows: int = 0
+    loaded: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def resolve_fields(preset: str | None = None, fields: FieldMap | None = None) -> FieldMap:
+    """The field map to use: ``fields``, else the named preset, else ``mindgap``."""
+    if fields is not None:
+        if preset is not None:
+            raise DatasetError("give either a preset or a field map, not both")
+        return fields
+    name = preset or DEFAULT_PRESET
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise DatasetError(
+            f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+class _RowError(Exception):
+    """A bad row; the message lacks the location, which the caller adds."""
+
+
+def _label(source_field: str, target: str) -> str:
+    """``field 'answer' (solution)`` when the source field's name differs from the target."""
+    if source_field == target:
+        return f"field {source_field!r}"
+    return f"field {source_field!r} ({target})"
+
+
+def _text(row: dict[str, Any], source_field: str, target: str) -> str:
+    """A required non-empty string field."""
+    if source_field not in row or row[source_field] is None:
+        raise _RowError(f"{_label(source_field, target)}: missing")
+    value = row[source_field]
+    if not isinstance(value, str):
+        raise _RowError(
+            f"{_label(source_field, target)}: expected a string, got {type(value).__name__}"
+        )
+    if not value.strip():
+        raise _RowError(f"{_label(source_field, target)}: empty")
+    return value
+
+
+def _scalar_text(value: Any, source_field: str, target: str) -> str | None:
+    """A string or number as text; None when absent or blank."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _RowError(
+            f"{_label(source_field, target)}: expected a string or number, "
+            f"got {type(value).__name__}"
+        )
+    text = str(value).strip()
+    return text or None
+
+
+def _to_problem(row: Any, fmap: FieldMap, default_id: str) -> Problem:
+    """One source row as a Problem, or ``_RowError`` naming the bad field."""
+    if not isinstance(row, dict):
+        raise _RowError(f"row is not an object (got {type(row).__name__})")
+    question = _text(row, fmap.question, "question")
+    solution = _text(row, fmap.solution, "solution")
+    if fmap.strip_calculator:
+        solution = _CALCULATOR.sub("", solution)
+
+    if fmap.id is None:
+        problem_id = default_id
+    else:
+        if fmap.id not in row or row[fmap.id] is None:
+            raise _RowError(f"{_label(fmap.id, 'id')}: missing")
+        found = _scalar_text(row[fmap.id], fmap.id, "id")
+        if found is None:
+            raise _RowError(f"{_label(fmap.id, 'id')}: empty")
+        problem_id = found
+
+    answer = None
+    if fmap.answer is not None:
+        answer = _scalar_text(row.get(fmap.answer), fmap.answer, "answer")
+    if answer is None:
+        answer = derive_answer(solution)
+    if answer is None:
+        given = f"no field {fmap.answer!r}, " if fmap.answer is not None else ""
+        raise _RowError(
+            f"{_label(fmap.answer or 'answer', 'answer')}: no reference answer "
+            f"({given}no \\boxed{{}} or '#### n' line in {fmap.solution!r})"
+        )
+
+    metadata: dict[str, Any] = {}
+    mapped = {fmap.id, fmap.question, fmap.solution, fmap.answer, fmap.metadata}
+    if fmap.keep_extra:
+        for key, value in row.items():
+            if key not in mapped and isinstance(value, str | int | float | bool):
+                metadata[str(key)] = value
+    if fmap.metadata is not None and row.get(fmap.metadata) is not None:
+        given_meta = row[fmap.metadata]
+        if not isinstance(given_meta, dict):
+            raise _RowError(
+                f"{_label(fmap.metadata, 'metadata')}: expected an object, "
+                f"got {type(given_meta).__name__}"
+            )
+        metadata.update(given_meta)
+
+    try:
+        return Problem(id=problem_id, question=question, solution=solution, answer=answer,
+                       metadata=metadata)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        target = str(first["loc"][0]) if first["loc"] else "row"
+        source_field = {"id": fmap.id or "id", "question": fmap.question,
+                        "solution": fmap.solution, "answer": fmap.answer or "answer",
+                        "metadata": fmap.metadata or "metadata"}.get(target, target)
+        raise _RowError(f"{_label(source_field, target)}: {first['msg']}") from None
+
+
+# --- Sources: each yields (1-based line/row number, row or a parse error) ------------------
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a JSON-lines file with their 1-based line numbers; blank lines are skipped."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, _RowError(f"invalid UTF-8 at byte {exc.start}")
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, _RowError(f"invalid JSON: {exc}")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a Parquet file, read in batches, with 1-based row numbers."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DatasetError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from exc
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot read Parquet: {exc}") from exc
+    number = 0
+    for batch in parquet.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row
+
+
+def _hf_dataset(name: str, split: str, config: str | None) -> tuple[Any, str]:
+    """A Hugging Face dataset (local folder or hub name) and the stem for default ids."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DatasetError(
+            f"{name}: not .jsonl/.json/.parquet, and Hugging Face datasets is not installed "
+            "(pip install datasets)"
+        ) from exc
+    local = Path(name)
+    stem = local.name or name
+    try:
+        if local.is_dir() and any((local / marker).exists() for marker in _HF_DISK_MARKERS):
+            loaded = datasets.load_from_disk(str(local))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DatasetError(
+                        f"{name}: no split {split!r}; splits: {', '.join(sorted(loaded))}"
+                    )
+                return loaded[split], f"{stem}-{split}"
+            return loaded, stem
+        return datasets.load_dataset(name, config, split=split), f"{stem}-{split}"
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"{name}: cannot load with Hugging Face datasets: {exc}") from exc
+
+
+def _source(
+    path_or_name: str, split: str, config: str | None
+) -> tuple[Iterator[tuple[int, Any]], str]:
+    """The rows of a source and the stem used for default ids."""
+    path = Path(path_or_name)
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES or suffix in PARQUET_SUFFIXES:
+        if not path.is_file():
+            raise DatasetError(f"{path_or_name}: no such file")
+        reader = _jsonl_rows if suffix in JSONL_SUFFIXES else _parquet_rows
+        return reader(path), path.stem
+    dataset, stem = _hf_dataset(path_or_name, split, config)
+    return enumerate(iter(dataset), start=1), stem
+
+
+def iter_problems(
+    path_or_name: str,
+    preset: str | None = None,
+    fields: FieldMap | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    skip_invalid: bool = False,
+    *,
+    config: str | None = None,
+    report: ReadReport | None = None,
+) -> Iterator[Problem]:
+    """Yield problems one by one; see :func:`read_problems`."""
+    if limit is not None and limit < 0:
+        raise DatasetError(f"limit must be >= 0, got {limit}")
+    fmap = resolve_fields(preset, fields)
+    report = report if report is not None else ReadReport()
+    rows, stem = _source(path_or_name, split, config)
+    if limit == 0:
+        return
+    seen: dict[str, int] = {}
+    for index, (number, row) in enumerate(rows):
+        report.rows += 1
+        try:
+            if isinstance(row, _RowError):
+                raise row
+            problem = _to_problem(row, fmap, f"{stem}-{index}")
+            if problem.id in seen:
+                raise _RowError(
+                    f"{_label(fmap.id or 'id', 'id')}: duplicate id {problem.id!r} "
+                    f"(first on line {seen[problem.id]})"
+                )
+        except _RowError as exc:
+            message = f"{path_or_name}:{number}: {exc}"
+            if not skip_invalid:
+                raise DatasetError(message) from None
+            log.warning("skipping bad row: %s", message)
+            report.skipped += 1
+            report.errors.append(message)
+            continue
+        seen[problem.id] = number
+        report.loaded += 1
+        yield problem
+        if limit is not None and report.loaded >= limit:
+            return
+
+
+def read_problems(
+    path_or_name: str,
+    preset: str | None = None,
+    fields: FieldMap | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    skip_invalid: bool = False,
+    *,
+    config: str | None = None,
+    report: ReadReport | None = None,
+) -> list[Problem]:
+    """Read problems from a ``.jsonl``/``.json`` (JSON lines) or ``.parquet`` file, else a
+    Hugging Face dataset (a folder from ``save_to_disk``, a folder of data files, or a hub name
+    with ``config`` and ``split``).
+
+    ``preset`` names a :data:`PRESETS` entry (default ``mindgap``); ``fields`` is a custom
+    :class:`FieldMap` instead. ``limit`` caps the number of problems returned. A bad row or a
+    duplicate id raises :class:`DatasetError`; with ``skip_invalid`` it is logged, skipped and
+    counted in ``report`` (pass a :class:`ReadReport` to get the counts).
+    """
+    return list(iter_problems(path_or_name, preset, fields, split, limit, skip_invalid,
+                              config=config, report=report))
+
+
+# --- Writing JSON lines -----------------------------------------------------------------
+
+
+def _lines(models: Iterable[BaseModel]) -> bytes:
+    return b"".join(model.model_dump_json().encode("utf-8") + b"\n" for model in models)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_jsonl(path: str | Path, models: Iterable[BaseModel]) -> int:
+    """Write models one per line, replacing ``path`` atomically (temp file, fsync, rename).
+
+    Returns the number of lines written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = list(models)
+    # os.open with mode 0o666 honours the umask (mkstemp would leave the file 0600).
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(_lines(items))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return len(items)
+
+
+def append_jsonl(path: str | Path, models: Iterable[BaseModel]) -> int:
+    """Append models one per line in one write, then flush and fsync.
+
+    An unterminated last line (left by a killed writer) is cut off first, so the new lines
+    never run into it; :func:`read_jsonl_ids` never counted it. Returns the lines written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = list(models)
+    data = _lines(items)
+    with path.open("a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                keep = _last_newline_end(handle, size)
+                log.warning("%s: dropping an unterminated last line (%d bytes)",
+                            path, size - keep)
+                handle.truncate(keep)
+                handle.seek(keep)
+        if data:
+            handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return len(items)
+
+
+def _last_newline_end(handle: Any, size: int, chunk: int = 65536) -> int:
+    """Offset just past the last ``\\n`` of an open binary file, or 0 when there is none."""
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        handle.seek(start)
+        found = handle.read(end - start).rfind(b"\n")
+        if found != -1:
+            return start + found + 1
+        end = start
+    return 0
+
+
+def read_jsonl_ids(path: str | Path, key: str = "id") -> set[str]:
+    """The ``key`` value of every complete line of a JSON-lines file (for ``--resume``).
+
+    A missing file gives an empty set; an unterminated last line is ignored (a killed
+    writer's partial record). A complete line that is not a JSON object with ``key`` raises
+    :class:`DatasetError` naming the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return set()
+    ids: set[str] = set()
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                break
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise DatasetError(f"{path}:{number}: invalid JSON: {exc}") from None
+            if not isinstance(row, dict) or row.get(key) is None:
+                raise DatasetError(f"{path}:{number}: field {key!r}: missing")
+            ids.add(str(row[key]))
+    return ids
