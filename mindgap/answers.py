@@ -13,7 +13,7 @@ _BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _GSM8K_LINE = re.compile(r"####\s*([^\n]+)")
 
 
-def _closing_brace(text: str, start: int) -> int | None:
+def closing_brace(text: str, start: int) -> int | None:
     """Index of the brace closing the one opened just before ``start``, or None."""
     depth = 1
     i = start
@@ -35,7 +35,7 @@ def _closing_brace(text: str, start: int) -> int | None:
 def last_boxed(text: str) -> str | None:
     """Content of the last complete ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces kept)."""
     for match in reversed(list(_BOXED_START.finditer(text))):
-        end = _closing_brace(text, match.end())
+        end = closing_brace(text, match.end())
         if end is not None:
             return text[match.end() : end].strip()
     return None

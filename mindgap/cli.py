@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 serve_app = typer.Typer(help="Run a mindgap service (HTTP).", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
+model_app = typer.Typer(help="Manage the default model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 
 def _fail(message: str) -> None:
@@ -116,6 +118,112 @@ def serve_verifier(
                  if v is not None}
     settings = VerifierSettings(**overrides)
     uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def rewrite(
+    data: Annotated[str, typer.Option(help="Problems: .jsonl, .parquet, or a Hugging Face "
+                                            "dataset name or folder.")],
+    out: Annotated[Path, typer.Option(help="Aligned examples are appended here (JSONL).")],
+    preset: Annotated[str | None, typer.Option(
+        help="Field mapping: mindgap (default), gsm8k, math, numina.")] = None,
+    split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset.")] = "train",
+    engine: Annotated[str, typer.Option(help="transformers, vllm or openai.")] = "transformers",
+    model: Annotated[str | None, typer.Option(
+        help="Model name or folder (default: SmolLM2-135M-Instruct, packaged).")] = None,
+    openai_url: Annotated[str | None, typer.Option(
+        help="Base URL of an OpenAI-compatible server (engine openai).")] = None,
+    k_self: Annotated[int, typer.Option(help="Most plain samples per problem.")] = 4,
+    k_guided: Annotated[int, typer.Option(help="Most guided samples per problem.")] = 4,
+    round_size: Annotated[int, typer.Option(
+        help="Samples per problem per round (stops at the first correct round).")] = 1,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per response.")] = 512,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of sampling and choice.")] = 0,
+    choose: Annotated[str, typer.Option(help="random (seeded) or likeliest.")] = "random",
+    hide_answer: Annotated[bool, typer.Option(
+        help="Guided prompt shows the reference without its final answer.")] = False,
+    copy_min_chars: Annotated[int, typer.Option(
+        help="Guided responses sharing this many characters with the reference are "
+             "rejected as copies.")] = 60,
+    limit: Annotated[int | None, typer.Option(help="Only the first N problems.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Problems aligned together.")] = 32,
+    resume: Annotated[bool, typer.Option(help="Skip problems already in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Log and skip bad rows.")] = False,
+    plain_template: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="File with the plain prompt ({question}).")] = None,
+    guided_template: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="File with the guided prompt ({question}, {reference}).")] = None,
+    verifier_url: Annotated[str | None, typer.Option(
+        help="Verify through this verifier service instead of a local sandbox pool.")] = None,
+) -> None:
+    """Keep the model's own solution, else a guided one, else the expert's (embedded mode)."""
+    from mindgap.datasets import DatasetError, read_problems
+    from services.rewriter.aligner import Aligner, AlignerConfig
+    from services.rewriter.engines import make_engine
+    from services.rewriter.prompts import PromptTemplates, TemplateError
+    from services.rewriter.rewrite import OutputExistsError
+    from services.rewriter.rewrite import rewrite as run_rewrite
+
+    if engine not in ("transformers", "vllm", "openai"):
+        _fail(f"--engine must be transformers, vllm or openai, not {engine!r}")
+    if choose not in ("random", "likeliest"):
+        _fail(f"--choose must be random or likeliest, not {choose!r}")
+    try:
+        problems = read_problems(data, preset=preset, split=split, limit=limit,
+                                 skip_invalid=skip_invalid)
+        templates = PromptTemplates.from_files(plain_template, guided_template)
+    except (DatasetError, TemplateError) as exc:
+        _fail(str(exc))
+    config = AlignerConfig(k_self=k_self, k_guided=k_guided, round_size=round_size,
+                           temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                           seed=seed, choose=choose, hide_answer=hide_answer,  # type: ignore[arg-type]
+                           copy_min_chars=copy_min_chars)
+    options = {"seed": seed} if engine == "vllm" else {}
+    if engine == "openai":
+        if not openai_url:
+            _fail("--engine openai needs --openai-url")
+        options = {"base_url": openai_url}
+    verifier = _verifier(verifier_url)
+    generator = make_engine(engine, model, **options)  # type: ignore[arg-type]
+    try:
+        summary = run_rewrite(
+            problems, Aligner(generator, verifier, config, templates), out,
+            batch_size=batch_size, resume=resume, overwrite=overwrite,
+            config={"data": data, "engine": engine, "model": generator.model_name,
+                    **config.__dict__})
+    except OutputExistsError as exc:
+        _fail(str(exc))
+    finally:
+        generator.close()
+        verifier.close()
+    typer.echo(f"wrote {out}: {summary.sources_in_output} "
+               f"({summary.generated_tokens_per_s:.0f} generated tokens/s); "
+               f"summary in {out}.summary.json", err=True)
+
+
+def _verifier(url: str | None):  # -> LocalVerifier | VerifierClient
+    import os
+
+    url = url or os.environ.get("MINDGAP_VERIFIER_URL")
+    if url:
+        from services.verifier.client import VerifierClient
+
+        return VerifierClient(url, api_key=os.environ.get("MINDGAP_API_KEY"))
+    from services.verifier.pool import LocalVerifier
+
+    return LocalVerifier()
+
+
+@model_app.command("prepare")
+def model_prepare(force: Annotated[bool, typer.Option(help="Convert again.")] = False) -> None:
+    """Convert the packaged SmolLM2 GGUF to a safetensors folder in the cache (once)."""
+    from services.rewriter.model_store import prepare_default_model
+
+    typer.echo(str(prepare_default_model(force=force)))
 
 
 @app.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -74,3 +74,85 @@ class VerifyBatchResponse(BaseModel):
     """Results of a batch, in request order."""
 
     results: list[VerifyResult]
+
+
+# --- Rewriting: problems in, aligned examples out -------------------------------------
+
+Source = Literal["self", "guided", "expert"]
+"""Where a kept response came from (DESIGN.md): the model alone, the model with the
+expert solution as a hint, or the expert solution itself."""
+
+PromptKind = Literal["plain", "guided"]
+
+
+class Problem(BaseModel):
+    """A math problem with an expert solution and, when known, its reference answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=512)
+    question: Text = Field(min_length=1)
+    solution: Text = Field(min_length=1, description="The expert solution y*.")
+    answer: Text | None = Field(
+        default=None, description="Reference answer; derived from the solution when absent "
+        "(last \\boxed{}, else the GSM8K `#### n` line).")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplingParams(BaseModel):
+    """How responses were sampled."""
+
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1)
+    seed: int = 0
+
+
+class Behavior(BaseModel):
+    """The behavior policy of a kept model response: what importance sampling needs."""
+
+    logprobs: list[float] = Field(
+        description="Per response token, its log-probability under the distribution actually "
+        "sampled from (after temperature and top-p).")
+    prompt_kind: PromptKind
+    model: str
+    policy_version: int = 0
+    sampling: SamplingParams
+    answer_shown: bool | None = Field(
+        default=None, description="Guided prompts only: whether the reference's final answer "
+        "was visible in the hint (False with hide_answer).")
+
+
+class AttemptCounts(BaseModel):
+    """How much sampling a problem took."""
+
+    self_samples: int = 0
+    self_rounds: int = 0
+    self_correct: int = 0
+    guided_samples: int = 0
+    guided_rounds: int = 0
+    guided_correct: int = 0
+    guided_copies_rejected: int = 0
+
+
+class Timings(BaseModel):
+    """Seconds spent on a problem (shared batch time is split evenly between its problems)."""
+
+    generate_s: float = 0.0
+    verify_s: float = 0.0
+
+
+class AlignedExample(BaseModel):
+    """One training example: the plain prompt and the response mindgap kept for it."""
+
+    id: str = Field(description="Unique example id: problem id and policy version.")
+    problem_id: str
+    prompt: str = Field(description="The chat-templated plain prompt the trainer uses.")
+    response: str
+    response_token_ids: list[int]
+    source: Source
+    reference_answer: str
+    expert_solution: str = Field(description="The original expert solution y*, for comparison.")
+    behavior: Behavior | None = Field(description="None for expert fallbacks.")
+    attempts: AttemptCounts
+    timings: Timings

@@ -1,0 +1,215 @@
+"""The aligner (DESIGN.md): keep a self solution, else a guided one, else the expert's.
+
+Problems are processed together: every sampling round is one engine call for all the
+problems still unsolved, and every verification pass one verifier batch.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from typing import Literal, Protocol
+
+from mindgap.answers import derive_answer
+from mindgap.schemas import (
+    AlignedExample,
+    AttemptCounts,
+    Behavior,
+    Problem,
+    PromptKind,
+    SamplingParams,
+    Source,
+    Timings,
+    VerifyRequest,
+    VerifyResult,
+)
+from services.rewriter.engines.base import Engine, Sample
+from services.rewriter.prompts import PromptTemplates
+
+
+class Verifier(Protocol):
+    """What the aligner needs of a verifier (``LocalVerifier`` and ``VerifierClient`` fit)."""
+
+    def verify_batch(self, items: Sequence[VerifyRequest]) -> list[VerifyResult]: ...
+
+
+@dataclass(frozen=True)
+class AlignerConfig:
+    """How the aligner samples and chooses."""
+
+    k_self: int = 4
+    k_guided: int = 4
+    round_size: int = 1
+    """Samples per problem per round; sampling stops at the first round with a correct one."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0
+    choose: Literal["random", "likeliest"] = "random"
+    """Among correct responses: a seeded random one, or the highest mean token log-prob."""
+    hide_answer: bool = False
+    """Guided prompt shows the reference without its final answer (off, as in the paper)."""
+    copy_min_chars: int = 60
+    """A guided response sharing a substring this long with the reference is a copy."""
+
+
+@dataclass
+class _Candidate:
+    sample: Sample
+    kind: PromptKind
+
+
+@dataclass
+class _State:
+    """What the aligner knows of one problem while it works on it."""
+
+    problem: Problem
+    reference: str
+    attempts: AttemptCounts = field(default_factory=AttemptCounts)
+    timings: Timings = field(default_factory=Timings)
+    correct: list[_Candidate] = field(default_factory=list)
+    source: Source | None = None
+
+
+@dataclass
+class AlignStats:
+    """Running totals over everything aligned so far."""
+
+    sources: Counter[str] = field(default_factory=Counter)
+    samples: int = 0
+    generated_tokens: int = 0
+    engine_calls: int = 0
+    verifier_errors: Counter[str] = field(default_factory=Counter)
+
+
+def longest_common_substring(a: str, b: str) -> int:
+    """Length of the longest string found in both ``a`` and ``b``."""
+    match = SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
+    return match.size
+
+
+class Aligner:
+    """Turns problems into aligned examples with one engine and one verifier."""
+
+    def __init__(self, engine: Engine, verifier: Verifier, config: AlignerConfig | None = None,
+                 templates: PromptTemplates | None = None) -> None:
+        self.engine = engine
+        self.verifier = verifier
+        self.config = config or AlignerConfig()
+        self.templates = templates or PromptTemplates()
+        self.stats = AlignStats()
+        self._eos = [engine.eos_token_id] if engine.eos_token_id is not None else []
+
+    def _sampling(self) -> SamplingParams:
+        c = self.config
+        return SamplingParams(temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
+                              seed=c.seed)
+
+    def _rounds(self, states: list[_State], kind: PromptKind, budget: int) -> None:
+        """Sample in rounds for ``states`` until each has a correct response or ``budget``."""
+        pending = list(states)
+        used = 0
+        round_index = 0
+        while pending and used < budget:
+            n = min(self.config.round_size, budget - used)
+            prompts = [self._prompt(s, kind) for s in pending]
+            start = time.perf_counter()
+            outputs = self.engine.generate(
+                prompts, n=n, temperature=self.config.temperature, top_p=self.config.top_p,
+                max_tokens=self.config.max_tokens,
+                seed=self.config.seed + 7919 * round_index + (104729 if kind == "guided" else 0))
+            generate_s = (time.perf_counter() - start) / len(pending)
+            self.stats.engine_calls += 1
+            items = [VerifyRequest(response=sample.text, reference=state.reference)
+                     for state, samples in zip(pending, outputs, strict=True) for sample in samples]
+            start = time.perf_counter()
+            verdicts = iter(self.verifier.verify_batch(items))
+            verify_s = (time.perf_counter() - start) / len(pending)
+            for state, samples in zip(pending, outputs, strict=True):
+                state.timings.generate_s += generate_s
+                state.timings.verify_s += verify_s
+                self._record(state, kind, samples, [next(verdicts) for _ in samples])
+            used += n
+            round_index += 1
+            pending = [s for s in pending if not s.correct]
+
+    def _prompt(self, state: _State, kind: PromptKind) -> str:
+        problem = state.problem
+        if kind == "plain":
+            return self.engine.render_chat(self.templates.plain_prompt(problem.question))
+        return self.engine.render_chat(self.templates.guided_prompt(
+            problem.question, problem.solution, hide_answer=self.config.hide_answer))
+
+    def _record(self, state: _State, kind: PromptKind, samples: list[Sample],
+                verdicts: list[VerifyResult]) -> None:
+        attempts = state.attempts
+        self.stats.samples += len(samples)
+        self.stats.generated_tokens += sum(len(s.token_ids) for s in samples)
+        if kind == "plain":
+            attempts.self_samples += len(samples)
+            attempts.self_rounds += 1
+        else:
+            attempts.guided_samples += len(samples)
+            attempts.guided_rounds += 1
+        for sample, verdict in zip(samples, verdicts, strict=True):
+            if verdict.reason.value in ("timeout", "error"):
+                self.stats.verifier_errors[verdict.reason.value] += 1
+            if not verdict.correct:
+                continue
+            if kind == "guided":
+                attempts.guided_correct += 1
+                copied = longest_common_substring(sample.text, state.problem.solution)
+                if copied >= self.config.copy_min_chars:
+                    attempts.guided_copies_rejected += 1
+                    continue
+            else:
+                attempts.self_correct += 1
+            state.correct.append(_Candidate(sample, kind))
+
+    def _choose(self, state: _State) -> _Candidate:
+        if self.config.choose == "likeliest":
+            return max(state.correct, key=lambda c: sum(c.sample.logprobs)
+                       / max(1, len(c.sample.logprobs)))
+        key = zlib.crc32(f"{self.config.seed}:{state.problem.id}".encode())
+        return random.Random(key).choice(state.correct)
+
+    def _example(self, state: _State) -> AlignedExample:
+        problem = state.problem
+        prompt = self.engine.render_chat(self.templates.plain_prompt(problem.question))
+        base = {"id": f"{problem.id}:v{self.engine.policy_version}", "problem_id": problem.id,
+                "prompt": prompt, "reference_answer": state.reference,
+                "expert_solution": problem.solution,
+                "attempts": state.attempts, "timings": state.timings}
+        if not state.correct:
+            ids = self.engine.tokenize(problem.solution) + self._eos
+            return AlignedExample(**base, response=problem.solution, response_token_ids=ids,
+                                  source="expert", behavior=None)
+        chosen = self._choose(state)
+        behavior = Behavior(
+            logprobs=chosen.sample.logprobs, prompt_kind=chosen.kind,
+            model=self.engine.model_name, policy_version=self.engine.policy_version,
+            sampling=self._sampling(),
+            answer_shown=(not self.config.hide_answer) if chosen.kind == "guided" else None)
+        return AlignedExample(**base, response=chosen.sample.text,
+                              response_token_ids=chosen.sample.token_ids,
+                              source="self" if chosen.kind == "plain" else "guided",
+                              behavior=behavior)
+
+    def align(self, problems: Sequence[Problem]) -> list[AlignedExample]:
+        """Aligned examples for ``problems``, in input order."""
+        states = []
+        for problem in problems:
+            reference = problem.answer or derive_answer(problem.solution)
+            if reference is None:
+                raise ValueError(f"problem {problem.id!r}: no reference answer in its solution")
+            states.append(_State(problem, reference))
+        self._rounds(states, "plain", self.config.k_self)
+        self._rounds([s for s in states if not s.correct], "guided", self.config.k_guided)
+        examples = [self._example(s) for s in states]
+        self.stats.sources.update(e.source for e in examples)
+        return examples
