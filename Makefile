@@ -10,9 +10,14 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 
 setup: $(VENV)/.installed
 
-## Set up, then run the main job on the embedded default (a shipped sample).
+## Set up, then run the main job on the embedded default: rewrite the shipped sample
+## problems with the packaged SmolLM2 model, then show the policy gap it closed.
+RUN_DIR := runs/sample
+RUN_ARGS ?= --limit 8 --max-tokens 256
 run: setup
-	$(VENV)/bin/mindgap verify --batch mindgap/samples/verify_sample.jsonl
+	$(VENV)/bin/mindgap rewrite --data mindgap/samples/problems.jsonl \
+	  --out $(RUN_DIR)/aligned.jsonl --overwrite $(RUN_ARGS)
+	$(VENV)/bin/mindgap gap --data $(RUN_DIR)/aligned.jsonl --plot $(RUN_DIR)/gap.png
 
 ## Set up, lint, and run the whole test suite.
 test: setup lint
@@ -23,3 +28,4 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/verifier_throughput.py
+	$(PY) benchmarks/rewrite_throughput.py

@@ -218,6 +218,24 @@ def _verifier(url: str | None):  # -> LocalVerifier | VerifierClient
     return LocalVerifier()
 
 
+@app.command()
+def gap(
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False,
+                                       help="Aligned examples (JSONL) from `mindgap rewrite`.")],
+    model: Annotated[str | None, typer.Option(
+        help="Model to measure under (default: the packaged SmolLM2).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a histogram PNG here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
+) -> None:
+    """Show the policy gap: kept responses vs expert solutions under the model, per source."""
+    from services.rewriter.gap import gap_command
+
+    try:
+        gap_command(model, data, plot=plot, out_json=out, echo=typer.echo)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 @model_app.command("prepare")
 def model_prepare(force: Annotated[bool, typer.Option(help="Convert again.")] = False) -> None:
     """Convert the packaged SmolLM2 GGUF to a safetensors folder in the cache (once)."""

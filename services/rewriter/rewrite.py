@@ -60,6 +60,7 @@ def rewrite(problems: list[Problem], aligner: Aligner, out: Path, batch_size: in
         raise OutputExistsError(f"{out} exists: pass --resume to continue it or --overwrite")
     if overwrite and out.exists():
         out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
     done = read_jsonl_ids(out, key="problem_id") if resume else set()
     todo = [p for p in problems if p.id not in done]
     start = time.perf_counter()
