@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -52,12 +53,16 @@ def prepare_default_model(force: bool = False) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    if target.exists():
+    if force and target.exists():
         shutil.rmtree(target)
-    partial.replace(target)
+    try:
+        partial.rename(target)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
