@@ -1,0 +1,70 @@
+"""Pure logic of the Redis queue: hysteresis, stream ids, fingerprints (no Redis needed)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from mindgap.queue import Backpressure, Queue, _fingerprint, _next_id, _stream_id, hysteresis
+
+
+@pytest.mark.parametrize(("lag", "paused", "expected"), [
+    (0, False, False), (10, False, False), (11, False, True),
+    (11, True, True), (6, True, True), (5, True, False), (0, True, False),
+])
+def test_hysteresis(lag: int, paused: bool, expected: bool) -> None:
+    assert hysteresis(lag, high_water=10, low_water=5, paused=paused) is expected
+
+
+@pytest.mark.parametrize(("high", "low"), [(5, 6), (5, -1)])
+def test_hysteresis_rejects_bad_marks(high: int, low: int) -> None:
+    with pytest.raises(ValueError):
+        hysteresis(0, high, low, False)
+
+
+class FakeQueue:
+    def __init__(self, lags: list[int]) -> None:
+        self.lags = lags
+        self.calls = 0
+
+    def trainer_lag(self) -> int:
+        self.calls += 1
+        return self.lags.pop(0)
+
+
+def test_backpressure_keeps_state_and_rate_limits() -> None:
+    fake = FakeQueue([3, 9, 6, 4, 6])
+    pressure = Backpressure(fake, high_water=8, low_water=4, interval_s=0.0)  # type: ignore[arg-type]
+    assert [pressure.check() for _ in range(5)] == [False, True, True, False, False]
+    slow = Backpressure(FakeQueue([9, 0]), high_water=8, low_water=4,  # type: ignore[arg-type]
+                        interval_s=3600)
+    assert slow.check() is True
+    assert slow.check() is True  # not re-read within the interval
+    assert slow.queue.calls == 1  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        Backpressure(fake, high_water=1, low_water=2)  # type: ignore[arg-type]
+
+
+def test_stream_ids() -> None:
+    assert _stream_id("1700000000000-7") == (1700000000000, 7)
+    assert _next_id("1700000000000-7") == "1700000000000-8"
+    assert _next_id("0-0") == "0-1"
+    assert sorted(["10-0", "9-5", "10-1"], key=_stream_id) == ["9-5", "10-0", "10-1"]
+
+
+def test_fingerprint_depends_on_ids_and_order() -> None:
+    assert _fingerprint(["a", "b"]) == _fingerprint(["a", "b"])
+    assert _fingerprint(["a", "b"]) != _fingerprint(["b", "a"])
+    assert _fingerprint(["ab"]) != _fingerprint(["a", "b"])
+    assert _fingerprint([]).startswith("0:")
+
+
+def test_queue_needs_decoded_responses_and_sane_settings() -> None:
+    with pytest.raises(ValueError, match="decode_responses"):
+        Queue(redis.Redis(), create_groups=False)
+    client = redis.Redis(decode_responses=True)
+    with pytest.raises(ValueError):
+        Queue(client, create_groups=False, visibility_timeout_ms=0)
+    queue = Queue(client, "{mg}", create_groups=False)  # no connection made
+    assert (queue.tasks_key, queue.job_key("x"), queue.results_key("x")) == (
+        "{mg}:tasks", "{mg}:job:x", "{mg}:results:x")
