@@ -162,7 +162,8 @@ def rewrite(
 ) -> None:
     """Keep the model's own solution, else a guided one, else the expert's (embedded mode)."""
     from mindgap.datasets import DatasetError, read_problems
-    from services.rewriter.aligner import Aligner, AlignerConfig
+    from mindgap.schemas import RewriteOptions
+    from services.rewriter.aligner import Aligner
     from services.rewriter.engines import make_engine
     from services.rewriter.prompts import PromptTemplates, TemplateError
     from services.rewriter.rewrite import OutputExistsError
@@ -170,18 +171,20 @@ def rewrite(
 
     if engine not in ("transformers", "vllm", "openai"):
         _fail(f"--engine must be transformers, vllm or openai, not {engine!r}")
-    if choose not in ("random", "likeliest"):
-        _fail(f"--choose must be random or likeliest, not {choose!r}")
     try:
         problems = read_problems(data, preset=preset, split=split, limit=limit,
                                  skip_invalid=skip_invalid)
         templates = PromptTemplates.from_files(plain_template, guided_template)
     except (DatasetError, TemplateError) as exc:
         _fail(str(exc))
-    config = AlignerConfig(k_self=k_self, k_guided=k_guided, round_size=round_size,
-                           temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                           seed=seed, choose=choose, hide_answer=hide_answer,  # type: ignore[arg-type]
-                           copy_min_chars=copy_min_chars)
+    try:
+        config = RewriteOptions(k_self=k_self, k_guided=k_guided, round_size=round_size,
+                                temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                seed=seed, choose=choose,  # type: ignore[arg-type]
+                                hide_answer=hide_answer, copy_min_chars=copy_min_chars)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
     options = {"seed": seed} if engine == "vllm" else {}
     if engine == "openai":
         if not openai_url:
@@ -194,7 +197,7 @@ def rewrite(
             problems, Aligner(generator, verifier, config, templates), out,
             batch_size=batch_size, resume=resume, overwrite=overwrite,
             config={"data": data, "engine": engine, "model": generator.model_name,
-                    **config.__dict__})
+                    **config.model_dump()})
     except OutputExistsError as exc:
         _fail(str(exc))
     finally:

@@ -108,6 +108,28 @@ class SamplingParams(BaseModel):
     seed: int = 0
 
 
+class RewriteOptions(BaseModel):
+    """How the aligner samples and chooses (CLI flags, job options and API fields alike)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k_self: int = Field(default=4, ge=0, le=64, description="Most plain samples per problem.")
+    k_guided: int = Field(default=4, ge=0, le=64, description="Most guided samples per problem.")
+    round_size: int = Field(default=1, ge=1, le=64, description="Samples per problem per "
+                            "round; sampling stops at the first round with a correct one.")
+    temperature: float = Field(default=1.0, gt=0.0, le=4.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1, le=32768)
+    seed: int = Field(default=0, ge=0)
+    choose: Literal["random", "likeliest"] = Field(
+        default="random", description="Among correct responses: a seeded random one, or the "
+        "highest mean token log-prob.")
+    hide_answer: bool = Field(default=False, description="The guided prompt shows the "
+                              "reference without its final answer (off, as in the paper).")
+    copy_min_chars: int = Field(default=60, ge=1, description="A guided response sharing a "
+                                "substring this long with the reference is a copy.")
+
+
 class Behavior(BaseModel):
     """The behavior policy of a kept model response: what importance sampling needs."""
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
-from typing import Literal, Protocol
+from typing import Protocol
 
 from mindgap.answers import derive_answer
 from mindgap.schemas import (
@@ -22,6 +22,7 @@ from mindgap.schemas import (
     Behavior,
     Problem,
     PromptKind,
+    RewriteOptions,
     SamplingParams,
     Source,
     Timings,
@@ -36,26 +37,6 @@ class Verifier(Protocol):
     """What the aligner needs of a verifier (``LocalVerifier`` and ``VerifierClient`` fit)."""
 
     def verify_batch(self, items: Sequence[VerifyRequest]) -> list[VerifyResult]: ...
-
-
-@dataclass(frozen=True)
-class AlignerConfig:
-    """How the aligner samples and chooses."""
-
-    k_self: int = 4
-    k_guided: int = 4
-    round_size: int = 1
-    """Samples per problem per round; sampling stops at the first round with a correct one."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 512
-    seed: int = 0
-    choose: Literal["random", "likeliest"] = "random"
-    """Among correct responses: a seeded random one, or the highest mean token log-prob."""
-    hide_answer: bool = False
-    """Guided prompt shows the reference without its final answer (off, as in the paper)."""
-    copy_min_chars: int = 60
-    """A guided response sharing a substring this long with the reference is a copy."""
 
 
 @dataclass
@@ -96,11 +77,11 @@ def longest_common_substring(a: str, b: str) -> int:
 class Aligner:
     """Turns problems into aligned examples with one engine and one verifier."""
 
-    def __init__(self, engine: Engine, verifier: Verifier, config: AlignerConfig | None = None,
+    def __init__(self, engine: Engine, verifier: Verifier, config: RewriteOptions | None = None,
                  templates: PromptTemplates | None = None) -> None:
         self.engine = engine
         self.verifier = verifier
-        self.config = config or AlignerConfig()
+        self.config = config or RewriteOptions()
         self.templates = templates or PromptTemplates()
         self.stats = AlignStats()
         self._eos = [engine.eos_token_id] if engine.eos_token_id is not None else []

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mindgap.schemas import Problem
-from services.rewriter.aligner import Aligner, AlignerConfig, longest_common_substring
+from mindgap.schemas import Problem, RewriteOptions
+from services.rewriter.aligner import Aligner, longest_common_substring
 from services.verifier.pool import LocalVerifier
 from tests.scripted import ScriptedEngine, TimeoutVerifier, bernoulli_script
 
@@ -72,7 +72,7 @@ def test_hide_answer_removes_the_final_line_and_is_recorded(verifier: LocalVerif
             return "\\boxed{42}"
         return "no idea"
 
-    config = AlignerConfig(hide_answer=True)
+    config = RewriteOptions(hide_answer=True)
     (example,) = Aligner(ScriptedEngine(script), verifier, config).align(problems(1))
     assert example.behavior is not None and example.behavior.answer_shown is False
     assert "####" not in seen[0] and "6 * 7 = 42" in seen[0]
@@ -84,7 +84,7 @@ def test_guided_copies_are_rejected(verifier: LocalVerifier) -> None:
     assert example.source == "expert"
     assert example.attempts.guided_correct == 4
     assert example.attempts.guided_copies_rejected == 4
-    loose = AlignerConfig(copy_min_chars=10_000)
+    loose = RewriteOptions(copy_min_chars=10_000)
     (kept,) = Aligner(engine, verifier, loose).align(problems(1))
     assert kept.source == "guided"
 
@@ -101,7 +101,7 @@ def test_expert_fallback(verifier: LocalVerifier) -> None:
 
 def _chosen(seed: int, verifier: LocalVerifier) -> list[str]:
     engine = ScriptedEngine(lambda p, i: f"way {i % 1000}: \\boxed{{42}}")
-    config = AlignerConfig(round_size=4, seed=seed)
+    config = RewriteOptions(round_size=4, seed=seed)
     return [e.response for e in Aligner(engine, verifier, config).align(problems(12))]
 
 
@@ -117,7 +117,7 @@ def test_likeliest_choice(verifier: LocalVerifier) -> None:
     # response with len % 3 == 0 is the likeliest.
     texts = ["\\boxed{42}", "x\\boxed{42}", "xx\\boxed{42}", "xxx\\boxed{42}"]
     engine = ScriptedEngine(lambda p, i: texts[i % 1000])
-    config = AlignerConfig(round_size=4, choose="likeliest")
+    config = RewriteOptions(round_size=4, choose="likeliest")
     (example,) = Aligner(engine, verifier, config).align(problems(1))
     assert len(example.response) % 3 == 0
 
@@ -132,7 +132,7 @@ def test_verifier_timeouts_count_as_incorrect() -> None:
 
 def test_adaptive_rounds_save_samples_at_equal_yield(verifier: LocalVerifier) -> None:
     engine = ScriptedEngine(bernoulli_script(0.6, seed=3))
-    aligner = Aligner(engine, verifier, AlignerConfig(k_guided=0))
+    aligner = Aligner(engine, verifier, RewriteOptions(k_guided=0))
     examples = aligner.align(problems(40))
     fixed = 40 * 4
     assert aligner.stats.samples < fixed / 2
