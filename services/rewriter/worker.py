@@ -1,0 +1,128 @@
+"""``mindgap worker``: take tasks from the queue in batches, align them, record the results.
+
+A task is acknowledged only inside ``Queue.complete_task`` (result written first, atomically),
+so a killed worker loses nothing: its tasks are reclaimed after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from mindgap.queue import Backpressure, Queue, Task
+from mindgap.schemas import RewriteOptions
+from services.rewriter.aligner import Aligner, Verifier
+from services.rewriter.engines.base import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    """What one worker has done."""
+
+    batches: int = 0
+    completed: int = 0
+    duplicates: int = 0
+    failed_attempts: int = 0
+    dead_lettered: int = 0
+    paused_s: float = 0.0
+    task_latency_s: list[float] = field(default_factory=list)
+
+
+class Worker:
+    """One consumer of ``rewriters``: claim a batch, align it, complete or fail each task."""
+
+    def __init__(self, queue: Queue, engine: Engine, verifier: Verifier, consumer: str,
+                 batch_size: int = 32, block_ms: int = 1000,
+                 backpressure: Backpressure | None = None) -> None:
+        self.queue = queue
+        self.engine = engine
+        self.verifier = verifier
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.backpressure = backpressure
+        self.stats = WorkerStats()
+        self.stop = threading.Event()
+
+    def _aligner(self, options: dict[str, Any]) -> Aligner:
+        return Aligner(self.engine, self.verifier, RewriteOptions(**options))
+
+    def _settle(self, task: Task, error: str) -> None:
+        self.stats.failed_attempts += 1
+        if self.queue.fail_task(task, error):
+            self.stats.dead_lettered += 1
+            log.warning("task %s (problem %s) dead-lettered: %s", task.entry_id,
+                        task.problem.id, error)
+
+    def _run_group(self, tasks: list[Task]) -> None:
+        """Align tasks that share options; on an error, retry them one by one to isolate it."""
+        try:
+            aligner = self._aligner(tasks[0].options)
+        except ValidationError as exc:
+            for task in tasks:
+                self._settle(task, f"invalid options: {exc}")
+            return
+        try:
+            examples = aligner.align([t.problem for t in tasks])
+        except Exception as exc:  # any engine or verifier failure is the tasks' failure
+            if len(tasks) == 1:
+                self._settle(tasks[0], f"{type(exc).__name__}: {exc}")
+                return
+            for task in tasks:
+                self._run_group([task])
+            return
+        for task, example in zip(tasks, examples, strict=True):
+            if self.queue.complete_task(task, example):
+                self.stats.completed += 1
+            else:
+                self.stats.duplicates += 1
+
+    def run_once(self) -> int:
+        """Claim and process one batch; returns the number of tasks claimed."""
+        if self.backpressure is not None and self.backpressure.check():
+            start = time.monotonic()
+            self.stop.wait(min(1.0, self.block_ms / 1000))
+            self.stats.paused_s += time.monotonic() - start
+            return 0
+        tasks = self.queue.claim_tasks(self.consumer, count=self.batch_size,
+                                       block_ms=self.block_ms)
+        if not tasks:
+            return 0
+        started = time.monotonic()
+        groups: dict[str, list[Task]] = {}
+        for task in tasks:
+            key = repr(sorted(task.options.items()))
+            groups.setdefault(key, []).append(task)
+        for group in groups.values():
+            self._run_group(group)
+        elapsed = time.monotonic() - started
+        self.stats.batches += 1
+        self.stats.task_latency_s.extend([elapsed] * len(tasks))
+        return len(tasks)
+
+    def run(self, until: Callable[[], bool] | None = None) -> WorkerStats:
+        """Work until ``stop`` is set (SIGTERM/SIGINT set it) or ``until()`` is true.
+
+        The batch in hand is finished first; unfinished tasks stay pending in Redis.
+        """
+        while not self.stop.is_set() and not (until and until()):
+            self.run_once()
+        return self.stats
+
+    def install_signal_handlers(self) -> None:
+        """Finish the current batch on SIGTERM/SIGINT, then exit the loop."""
+        def handler(signum: int, frame: object) -> None:
+            log.info("signal %d: finishing the current batch", signum)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
