@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUESTIONS = ["What is 12 + 7? Put the final answer in \\boxed{}.",
              "A farmer has 3 cows and buys 4 more. How many cows does the farmer have?"]
 TEMPERATURES = (1.0, 0.7)
-STARTUP_S = 240.0
+STARTUP_S = 420.0
 Rescore = Callable[[str, list[int], float], list[float]]
 
 
@@ -48,7 +50,7 @@ class VLLMServer:
                    "--logprobs-mode", "processed_logprobs"]
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         self.children: list[int] = []
 
     def wait_ready(self, timeout_s: float) -> float:
@@ -77,6 +79,9 @@ class VLLMServer:
         """SIGTERM, then SIGKILL after 60 s; wait for its children; return those still alive."""
         import psutil
 
+        with contextlib.suppress(psutil.NoSuchProcess):  # children now, even if never healthy
+            self.children += [c.pid for c in
+                              psutil.Process(self.process.pid).children(recursive=True)]
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -94,6 +99,8 @@ class VLLMServer:
         leftover = [p.pid for p in alive]
         for proc in alive:
             proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # anything else left in its session
+            os.killpg(self.process.pid, signal.SIGKILL)
         return leftover
 
 
