@@ -239,6 +239,59 @@ def gap(
         _fail(str(exc))
 
 
+@app.command()
+def worker(
+    redis_url: Annotated[str, typer.Option(envvar="MINDGAP_REDIS_URL",
+                                           help="Redis with the job queue.")]
+    = "redis://127.0.0.1:6379/0",
+    prefix: Annotated[str, typer.Option(help="Key prefix of the queue.")] = "mindgap",
+    engine: Annotated[str, typer.Option(help="transformers, vllm or openai.")] = "transformers",
+    model: Annotated[str | None, typer.Option(help="Model name or folder.")] = None,
+    openai_url: Annotated[str | None, typer.Option(help="Server URL (engine openai).")] = None,
+    consumer: Annotated[str | None, typer.Option(
+        help="Consumer name in the group (default: host-pid).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Tasks claimed at once.")] = 32,
+    verifier_url: Annotated[str | None, typer.Option(
+        help="Verifier service URL (default: a local sandbox pool).")] = None,
+    high_water: Annotated[int, typer.Option(
+        help="Pause while the trainers' lag exceeds this (0: never).")] = 0,
+    low_water: Annotated[int, typer.Option(help="Resume once the lag is at most this.")] = 0,
+    visibility_timeout_s: Annotated[float, typer.Option(
+        help="Unacknowledged tasks are reclaimed by others after this.")] = 600.0,
+    seed: Annotated[int, typer.Option(help="Engine seed (vllm).")] = 0,
+) -> None:
+    """Take rewrite tasks from the Redis queue until SIGTERM (finishing the batch in hand)."""
+    import os
+    import socket
+
+    from mindgap.queue import Backpressure, Queue
+    from services.rewriter.engines import make_engine
+    from services.rewriter.worker import Worker
+
+    if engine not in ("transformers", "vllm", "openai"):
+        _fail(f"--engine must be transformers, vllm or openai, not {engine!r}")
+    queue = Queue.from_url(redis_url, prefix,
+                           visibility_timeout_ms=int(visibility_timeout_s * 1000))
+    options: dict[str, object] = {"seed": seed} if engine == "vllm" else {}
+    if engine == "openai":
+        options = {"base_url": openai_url or "http://127.0.0.1:8000"}
+    generator = make_engine(engine, model, **options)  # type: ignore[arg-type]
+    verifier = _verifier(verifier_url)
+    backpressure = (Backpressure(queue, high_water, low_water) if high_water > 0 else None)
+    name = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    runner = Worker(queue, generator, verifier, name, batch_size=batch_size,
+                    backpressure=backpressure)
+    runner.install_signal_handlers()
+    typer.echo(f"worker {name}: waiting for tasks on {redis_url} ({prefix})", err=True)
+    try:
+        stats = runner.run()
+    finally:
+        generator.close()
+        verifier.close()
+    typer.echo(f"worker {name}: {stats.completed} completed, {stats.dead_lettered} "
+               f"dead-lettered", err=True)
+
+
 @model_app.command("prepare")
 def model_prepare(force: Annotated[bool, typer.Option(help="Convert again.")] = False) -> None:
     """Convert the packaged SmolLM2 GGUF to a safetensors folder in the cache (once)."""
