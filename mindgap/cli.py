@@ -292,6 +292,103 @@ def worker(
                f"dead-lettered", err=True)
 
 
+def _api(server: str, api_key: str | None):  # -> httpx.Client
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=600)
+
+
+def _check(reply) -> dict:  # reply: httpx.Response
+    if reply.status_code >= 400:
+        try:
+            detail = reply.json().get("detail", reply.text)
+        except ValueError:
+            detail = reply.text
+        _fail(f"HTTP {reply.status_code}: {detail}")
+    return reply.json()
+
+
+@app.command()
+def submit(
+    data: Annotated[str, typer.Option(help="Problems (.jsonl, .parquet, HF dataset).")],
+    server: Annotated[str, typer.Option(envvar="MINDGAP_SERVER",
+                                        help="Rewriter service URL.")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option(envvar="MINDGAP_API_KEY",
+                                                help="Bearer key.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Field mapping preset.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N problems.")] = None,
+    job_id: Annotated[str | None, typer.Option(help="Choose the job id (idempotent).")] = None,
+    k_self: Annotated[int, typer.Option(help="Most plain samples per problem.")] = 4,
+    k_guided: Annotated[int, typer.Option(help="Most guided samples per problem.")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per response.")] = 512,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of sampling and choice.")] = 0,
+    follow: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
+) -> None:
+    """Send a rewrite job to the rewriter service; prints the job id."""
+    from mindgap.datasets import DatasetError, read_problems
+    from mindgap.schemas import RewriteOptions
+
+    try:
+        problems = read_problems(data, preset=preset, limit=limit)
+    except DatasetError as exc:
+        _fail(str(exc))
+    options = RewriteOptions(k_self=k_self, k_guided=k_guided, max_tokens=max_tokens,
+                             temperature=temperature, seed=seed)
+    body: dict[str, object] = {"items": [p.model_dump() for p in problems],
+                               "options": options.model_dump()}
+    if job_id:
+        body["job_id"] = job_id
+    with _api(server, api_key) as client:
+        job = _check(client.post("/v1/jobs", json=body))
+        typer.echo(job["job_id"])
+        if follow:
+            _follow(client, job["job_id"], len(problems))
+
+
+def _follow(client, job_id: str, total: int) -> None:  # client: httpx.Client
+    import time
+
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="problem", desc=f"job {job_id}", file=sys.stderr) as bar:
+        while True:
+            status = _check(client.get(f"/v1/jobs/{job_id}"))
+            settled = status["done"] + status["failed"] + status.get("skipped", 0)
+            bar.update(settled - bar.n)
+            bar.set_postfix(ordered_dict={k: status["counts"].get(k, 0)
+                                          for k in ("self", "guided", "expert")})
+            if status["status"] in ("completed", "completed_with_failures", "cancelled"):
+                break
+            time.sleep(1.0)
+    typer.echo(f"job {job_id}: {status['status']}", err=True)
+
+
+@app.command()
+def results(
+    job_id: Annotated[str, typer.Argument(help="The job id from `mindgap submit`.")],
+    out: Annotated[Path, typer.Option(help="Write the aligned examples here (JSONL).")],
+    server: Annotated[str, typer.Option(envvar="MINDGAP_SERVER",
+                                        help="Rewriter service URL.")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option(envvar="MINDGAP_API_KEY",
+                                                help="Bearer key.")] = None,
+) -> None:
+    """Download a job's aligned examples (JSON lines)."""
+    count = 0
+    with _api(server, api_key) as client, client.stream(
+            "GET", f"/v1/jobs/{job_id}/results") as reply:
+        if reply.status_code >= 400:
+            reply.read()
+            _check(reply)
+        with out.open("w", encoding="utf-8") as handle:
+            for line in reply.iter_lines():
+                if line.strip():
+                    handle.write(line + "\n")
+                    count += 1
+    typer.echo(f"{count} examples -> {out}", err=True)
+
+
 @model_app.command("prepare")
 def model_prepare(force: Annotated[bool, typer.Option(help="Convert again.")] = False) -> None:
     """Convert the packaged SmolLM2 GGUF to a safetensors folder in the cache (once)."""
