@@ -397,6 +397,24 @@ def model_prepare(force: Annotated[bool, typer.Option(help="Convert again.")] = 
     typer.echo(str(prepare_default_model(force=force)))
 
 
+@serve_app.command("rewriter")
+def serve_rewriter(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the rewriter API (jobs over the Redis queue; workers do the work).
+
+    Settings: MINDGAP_REWRITER_REDIS_URL, MINDGAP_REWRITER_PREFIX, MINDGAP_API_KEY,
+    MINDGAP_VERIFIER_URL (checked by /readyz).
+    """
+    import uvicorn
+
+    from services.rewriter.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+
+
 @app.command()
 def version() -> None:
     """Print the mindgap version."""

@@ -16,12 +16,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mindgap.jobs import worker_gone, worker_heartbeat
 from mindgap.queue import Backpressure, Queue, Task
 from mindgap.schemas import RewriteOptions
 from services.rewriter.aligner import Aligner, Verifier
 from services.rewriter.engines.base import Engine
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_S = 5.0
+HEARTBEAT_TTL_S = 30
 
 
 @dataclass
@@ -112,10 +116,18 @@ class Worker:
     def run(self, until: Callable[[], bool] | None = None) -> WorkerStats:
         """Work until ``stop`` is set (SIGTERM/SIGINT set it) or ``until()`` is true.
 
-        The batch in hand is finished first; unfinished tasks stay pending in Redis.
+        The batch in hand is finished first; unfinished tasks stay pending in Redis. The
+        worker announces itself with a heartbeat (what the rewriter's ``/readyz`` counts).
         """
-        while not self.stop.is_set() and not (until and until()):
-            self.run_once()
+        beat = float("-inf")
+        try:
+            while not self.stop.is_set() and not (until and until()):
+                if time.monotonic() - beat >= HEARTBEAT_EVERY_S:
+                    worker_heartbeat(self.queue, self.consumer, ttl_s=HEARTBEAT_TTL_S)
+                    beat = time.monotonic()
+                self.run_once()
+        finally:
+            worker_gone(self.queue, self.consumer)
         return self.stats
 
     def install_signal_handlers(self) -> None:
