@@ -588,18 +588,27 @@ class Queue:
         Returns False when nothing was written: the problem was already settled for the job
         (a redelivered duplicate), or the job was cancelled or deleted; the task is acked.
         """
-        if example.problem_id != task.problem.id:
-            raise ValueError(f"example for problem {example.problem_id!r}, "
-                             f"task for {task.problem.id!r}")
-        job, done, failed = self._job_keys(task.job_id)
-        state = int(self._complete(
-            keys=[job, done, failed, self.tasks_key, self.aligned_key,
-                  self.results_key(task.job_id)],
-            args=[REWRITERS, task.entry_id, task.job_id, task.problem.id, example.source,
-                  example.model_dump_json(), example.id]))
-        if state != 1:
-            log.debug("task %s not recorded (%d)", task.entry_id, state)
-        return state == 1
+        return self.complete_tasks([(task, example)])[0]
+
+    def complete_tasks(self, done: Sequence[tuple[Task, AlignedExample]]) -> list[bool]:
+        """``complete_task`` for many tasks in one round trip (each one atomic on its own)."""
+        for task, example in done:
+            if example.problem_id != task.problem.id:
+                raise ValueError(f"example for problem {example.problem_id!r}, "
+                                 f"task for {task.problem.id!r}")
+        pipe = self.redis.pipeline(transaction=False)
+        for task, example in done:
+            job, done_set, failed = self._job_keys(task.job_id)
+            self._complete(
+                keys=[job, done_set, failed, self.tasks_key, self.aligned_key,
+                      self.results_key(task.job_id)],
+                args=[REWRITERS, task.entry_id, task.job_id, task.problem.id, example.source,
+                      example.model_dump_json(), example.id], client=pipe)
+        states = [int(state) for state in pipe.execute()]
+        for (task, _), state in zip(done, states, strict=True):
+            if state != 1:
+                log.debug("task %s not recorded (%d)", task.entry_id, state)
+        return [state == 1 for state in states]
 
     def fail_task(self, task: Task, error: str, max_deliveries: int | None = None, *,
                   retry_now: bool = True) -> bool:

@@ -84,11 +84,9 @@ class Worker:
             for task in tasks:
                 self._run_group([task])
             return
-        for task, example in zip(tasks, examples, strict=True):
-            if self.queue.complete_task(task, example):
-                self.stats.completed += 1
-            else:
-                self.stats.duplicates += 1
+        recorded = self.queue.complete_tasks(list(zip(tasks, examples, strict=True)))
+        self.stats.completed += sum(recorded)
+        self.stats.duplicates += len(recorded) - sum(recorded)
 
     def run_once(self) -> int:
         """Claim and process one batch; returns the number of tasks claimed."""

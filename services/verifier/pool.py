@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 KILL_GRACE_S = 0.5
 """How long past the item timeout the parent waits before killing a worker."""
 READY_TIMEOUT_S = 60.0
+CHUNK = 64
+"""Most items sent to one worker in one message (results stream back one by one)."""
 _WARNED_NO_NETNS = False
 
 
@@ -117,8 +119,14 @@ class _Worker:
             self._channel.close()
         self.process, self._channel, self._ready = None, None, False
 
-    def run(self, item: VerifyRequest, timeout_s: float) -> VerifyResult | None:
-        """The worker's result, or None when it ran out of time (it is then replaced)."""
+    def run(self, items: list[VerifyRequest], timeout_s: float
+            ) -> tuple[list[VerifyResult], str | None]:
+        """Results of ``items`` in order, streamed back one by one by the worker.
+
+        Returns early with the results so far and ``"timeout"`` (the next item ran out of
+        time; the worker is killed and replaced) or ``"died: ..."`` (the worker exited).
+        """
+        results: list[VerifyResult] = []
         try:
             if self.process is None or self.process.poll() is not None:
                 self.kill()
@@ -126,16 +134,18 @@ class _Worker:
             if not self._ready:
                 self._await_ready()
             assert self._channel is not None
-            self._channel.send([item.response, item.reference, timeout_s])
-            if not self._channel.poll(timeout_s + KILL_GRACE_S):
-                self.kill()
-                self.start()
-                return None
-            return VerifyResult.model_validate(self._channel.recv())
-        except (EOFError, OSError, ValueError) as exc:
+            self._channel.send([[[i.response, i.reference] for i in items], timeout_s])
+            for _ in items:
+                if not self._channel.poll(timeout_s + KILL_GRACE_S):
+                    self.kill()
+                    self.start()
+                    return results, "timeout"
+                results.append(VerifyResult.model_validate(self._channel.recv()))
+            return results, None
+        except (EOFError, OSError, ValueError, WorkerDied) as exc:
             self.kill()
             self.start()
-            raise WorkerDied(str(exc) or type(exc).__name__) from exc
+            return results, f"died: {str(exc) or type(exc).__name__}"
 
     def stop(self) -> None:
         """Close the pipes (the worker exits on end of file), then make sure it is gone."""
@@ -179,40 +189,74 @@ class LocalVerifier:
         """Process ids of the live workers (for tests and operators)."""
         return [pid for slot in self._slots if (pid := slot.pid) is not None]
 
+    def _take(self) -> tuple[list[_Job], bool]:
+        """The next job (blocking) and up to ``CHUNK - 1`` more already waiting; whether a
+        stop sentinel was taken."""
+        first = self._jobs.get()
+        if first is None:
+            return [], True
+        jobs = [first]
+        while len(jobs) < CHUNK:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
+
     def _serve(self, slot: _Worker) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
+            jobs, stopping = self._take()
+            jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+            if jobs:
+                for job, result in zip(jobs, self._run(slot, [j.item for j in jobs]),
+                                       strict=True):
+                    job.future.set_result(result)
+            if stopping:
                 slot.stop()
                 return
-            if job.future.set_running_or_notify_cancel():
-                job.future.set_result(self._run(slot, job.item))
 
-    def _run(self, slot: _Worker, item: VerifyRequest) -> VerifyResult:
+    def _failed(self, item: VerifyRequest, reason: VerifyReason, detail: str,
+                start: float) -> VerifyResult:
+        return VerifyResult(correct=False, extracted=None, reference=item.reference[:200],
+                            reason=reason, elapsed_ms=(time.perf_counter() - start) * 1000,
+                            detail=detail)
+
+    def _run(self, slot: _Worker, items: list[VerifyRequest]) -> list[VerifyResult]:
+        """Verify ``items`` on one worker; a timed-out item is answered ``timeout``, an item
+        whose worker died is retried once alone, then answered ``error``."""
         start = time.perf_counter()
-        last_error = ""
-        for _attempt in range(2):
-            try:
-                result = slot.run(item, self.timeout_s)
-            except WorkerDied as exc:
-                self.stats.add(restarts=1)
-                last_error = str(exc)
+        results: list[VerifyResult] = []
+        while len(results) < len(items):
+            pending = items[len(results):]
+            done, failure = slot.run(pending, self.timeout_s)
+            results += done
+            self.stats.add(items=len(done),
+                           timeouts=sum(r.reason is VerifyReason.timeout for r in done))
+            if failure is None:
                 continue
-            if result is None:
-                self.stats.add(items=1, timeouts=1, restarts=1)
-                return VerifyResult(
-                    correct=False, extracted=None, reference=item.reference[:200],
-                    reason=VerifyReason.timeout, elapsed_ms=(time.perf_counter() - start) * 1000,
-                    detail=f"no answer within {self.timeout_s:g} s; worker killed",
-                )
-            self.stats.add(items=1, timeouts=int(result.reason is VerifyReason.timeout))
-            return result
-        self.stats.add(items=1, errors=1)
-        return VerifyResult(
-            correct=False, extracted=None, reference=item.reference[:200],
-            reason=VerifyReason.error, elapsed_ms=(time.perf_counter() - start) * 1000,
-            detail=f"verifier worker died twice: {last_error}",
-        )
+            item = pending[len(done)]
+            self.stats.add(items=1, restarts=1)
+            if failure == "timeout":
+                self.stats.add(timeouts=1)
+                results.append(self._failed(item, VerifyReason.timeout, f"no answer within "
+                                            f"{self.timeout_s:g} s; worker killed", start))
+                continue
+            retry, again = slot.run([item], self.timeout_s)
+            if retry:
+                results += retry
+            elif again == "timeout":
+                self.stats.add(timeouts=1, restarts=1)
+                results.append(self._failed(item, VerifyReason.timeout, f"no answer within "
+                                            f"{self.timeout_s:g} s; worker killed", start))
+            else:
+                self.stats.add(errors=1, restarts=1)
+                results.append(self._failed(item, VerifyReason.error,
+                                            f"verifier worker died twice: {failure}; {again}",
+                                            start))
+        return results
 
     def submit(self, item: VerifyRequest) -> Future[VerifyResult]:
         """Queue one item; the future resolves to its result."""

@@ -85,8 +85,8 @@ def _verify_one(response: str, reference: str, timeout_s: float) -> dict[str, An
 
 
 def worker_main(channel: Channel, limits: SandboxLimits) -> None:
-    """Set up the sandbox, then answer ``[response, reference, timeout]`` messages until
-    the pipe closes."""
+    """Set up the sandbox, then answer ``[[[response, reference], ...], timeout]`` messages,
+    one result message per item as soon as it is ready, until the pipe closes."""
     isolated = _isolate_network()
     _apply_limits(limits)
     signal.signal(signal.SIGALRM, _raise_deadline)
@@ -95,14 +95,15 @@ def worker_main(channel: Channel, limits: SandboxLimits) -> None:
     channel.send({"ready": True, "pid": os.getpid(), "isolated": isolated})
     while True:
         try:
-            response, reference, timeout_s = channel.recv()
+            items, timeout_s = channel.recv()
         except (EOFError, OSError):
             return
-        try:
-            result = _verify_one(response, reference, timeout_s)
-        except Deadline:  # the timer fired between the check and its disarming
-            result = _verify_one(response, reference, timeout_s)
-        channel.send(result)
+        for response, reference in items:
+            try:
+                result = _verify_one(response, reference, timeout_s)
+            except Deadline:  # the timer fired between the check and its disarming
+                result = _verify_one(response, reference, timeout_s)
+            channel.send(result)
 
 
 if __name__ == "__main__":
