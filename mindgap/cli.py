@@ -389,6 +389,39 @@ def results(
     typer.echo(f"{count} examples -> {out}", err=True)
 
 
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Option(exists=True, dir_okay=False,
+                                             help="Aligned examples (JSONL or Parquet).")],
+    out: Annotated[Path, typer.Option(help="Metrics, checkpoints and the final model.")],
+    model: Annotated[str | None, typer.Option(
+        help="Model to train (default: the packaged SmolLM2).")] = None,
+    loss: Annotated[str, typer.Option(help="sft, dft or is.")] = "is",
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-5,
+    batch_tokens: Annotated[int, typer.Option(help="Padded tokens per micro-batch.")] = 8192,
+    global_batch: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 32,
+    resume: Annotated[str | None, typer.Option(
+        help="'latest' or a checkpoint folder to continue from.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of data order and RNGs.")] = 0,
+) -> None:
+    """Fine-tune on aligned examples with sft, dft or importance-sampled (is) loss.
+
+    For every option (warm-up, clipping, checkpoints, FSDP) use `python -m trainer --help`;
+    for many processes: `torchrun --nproc_per_node N -m trainer ...`.
+    """
+    from services.rewriter.model_store import resolve_model
+    from trainer import train_command
+
+    if loss not in ("sft", "dft", "is"):
+        _fail(f"--loss must be sft, dft or is, not {loss!r}")
+    summary = train_command(data=[str(p) for p in data], out=str(out),
+                            model=resolve_model(model), loss=loss, max_steps=max_steps, lr=lr,
+                            batch_tokens=batch_tokens, global_batch=global_batch,
+                            resume=resume, seed=seed)
+    typer.echo(json.dumps(summary, default=str))
+
+
 @model_app.command("prepare")
 def model_prepare(force: Annotated[bool, typer.Option(help="Convert again.")] = False) -> None:
     """Convert the packaged SmolLM2 GGUF to a safetensors folder in the cache (once)."""

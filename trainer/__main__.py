@@ -1,0 +1,71 @@
+"""``python -m trainer --data aligned.jsonl --model PATH --loss is --max-steps 100 --out DIR``
+
+Every ``TrainConfig`` field is a flag (``max_steps`` -> ``--max-steps``; booleans take
+``--x`` / ``--no-x``); ``--resume`` alone means ``--resume latest``. Run it under
+``torchrun --nproc_per_node N -m trainer ...`` for several processes. Prints the summary as
+JSON on the last line (rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import types
+import typing
+from typing import Any
+
+from trainer.config import TrainConfig
+
+
+def _base_type(annotation: Any) -> Any:
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0]
+    return hint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description="Fine-tune a causal LM on mindgap's aligned "
+        "examples with the sft, dft or is loss (DESIGN.md).")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        hint = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name == "data":
+            parser.add_argument(flag, nargs="+", required=True, help=help_text)
+        elif f.name == "model":
+            parser.add_argument(flag, required=True, help=help_text)
+        elif f.name == "resume":
+            parser.add_argument(flag, nargs="?", const="latest", default=None, help=help_text)
+        elif hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, type=hint, default=default, help=help_text,
+                                choices=f.metadata.get("choices"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    from trainer.loop import train
+
+    summary = train(TrainConfig.from_dict(vars(args)))
+    if int(os.environ.get("RANK", "0")) == 0:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
