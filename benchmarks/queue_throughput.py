@@ -74,14 +74,15 @@ def run_worker(url: str, prefix: str, name: str, high: int, low: int, latency_fi
         worker = Worker(queue, InstantEngine(), verifier, name, batch_size=256, block_ms=100,
                         backpressure=pressure)
         worker.install_signal_handlers()
-        original = queue.complete_task
+        original = queue.complete_tasks
 
-        def complete(task, example):  # type: ignore[no-untyped-def]
-            done = original(task, example)
-            latencies.append(time.time() - int(task.entry_id.split("-")[0]) / 1000)
-            return done
+        def complete(done):  # type: ignore[no-untyped-def]
+            recorded = original(done)
+            now = time.time()
+            latencies.extend(now - int(task.entry_id.split("-")[0]) / 1000 for task, _ in done)
+            return recorded
 
-        queue.complete_task = complete  # type: ignore[method-assign]
+        queue.complete_tasks = complete  # type: ignore[method-assign]
         worker.run()
     Path(latency_file).write_text(json.dumps(latencies))
 
