@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mindgap.jobs import worker_gone, worker_heartbeat
+from mindgap.jobs import live_workers, worker_gone, worker_heartbeat
 from mindgap.queue import Backpressure, Queue, Task
 from mindgap.schemas import RewriteOptions
 from services.rewriter.aligner import Aligner, Verifier
@@ -88,6 +88,17 @@ class Worker:
         self.stats.completed += sum(recorded)
         self.stats.duplicates += len(recorded) - sum(recorded)
 
+    def _claimable(self) -> int:
+        """How many tasks to claim: the batch size, or under backpressure this worker's share
+        of the room left below the high-water mark (results still in flight count too)."""
+        if self.backpressure is None:
+            return self.batch_size
+        stats = self.queue.stats()
+        lag = stats["aligned_undelivered"] + stats["aligned_pending"]
+        room = self.backpressure.high_water - lag - stats["tasks_pending"]
+        share = room // max(1, len(live_workers(self.queue)))
+        return max(0, min(self.batch_size, share))
+
     def run_once(self) -> int:
         """Claim and process one batch; returns the number of tasks claimed."""
         if self.backpressure is not None and self.backpressure.check():
@@ -95,8 +106,11 @@ class Worker:
             self.stop.wait(min(1.0, self.block_ms / 1000))
             self.stats.paused_s += time.monotonic() - start
             return 0
-        tasks = self.queue.claim_tasks(self.consumer, count=self.batch_size,
-                                       block_ms=self.block_ms)
+        count = self._claimable()
+        if count == 0:
+            self.stop.wait(min(1.0, self.block_ms / 1000))
+            return 0
+        tasks = self.queue.claim_tasks(self.consumer, count=count, block_ms=self.block_ms)
         if not tasks:
             return 0
         started = time.monotonic()
