@@ -47,7 +47,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # so ``services`` imports when run as a script
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from mindgap.schemas import VerifyRequest, VerifyResult  # noqa: E402
+from mindgap.schemas import VerifyBatchResponse, VerifyRequest, VerifyResult  # noqa: E402
 from services.verifier.pool import LocalVerifier  # noqa: E402
 
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared/data/benchmarks"
@@ -393,7 +393,7 @@ class VerifierServer:
 
 def _results(reply: httpx.Response) -> list[VerifyResult]:
     reply.raise_for_status()
-    return [VerifyResult.model_validate(r) for r in reply.json()["results"]]
+    return VerifyBatchResponse.model_validate_json(reply.content).results
 
 
 def run_http_batch(client: httpx.Client, pairs: Sequence[Pair], chunk: int,

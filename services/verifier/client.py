@@ -51,16 +51,17 @@ class VerifierClient:
         return self.backoff_s * (2**attempt)
 
     @staticmethod
-    def _outcome(response: httpx.Response) -> Any:
-        """The JSON body, or raise: ``VerifierError`` for a 4xx, a retryable error otherwise."""
+    def _outcome(response: httpx.Response) -> bytes:
+        """The raw JSON body, or raise: ``VerifierError`` for a 4xx, a retryable error
+        otherwise."""
         if response.status_code in _RETRY_STATUS or response.status_code >= 500:
             raise httpx.HTTPStatusError(f"HTTP {response.status_code}", request=response.request,
                                         response=response)
         if response.status_code >= 400:
             raise VerifierError(f"HTTP {response.status_code}: {response.text[:500]}")
-        return response.json()
+        return response.content
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
+    def _post(self, path: str, body: dict[str, Any]) -> bytes:
         for attempt in range(self.retries + 1):
             try:
                 return self._outcome(self._sync().post(path, json=body))
@@ -70,7 +71,7 @@ class VerifierClient:
                 time.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
-    async def _apost(self, path: str, body: dict[str, Any]) -> Any:
+    async def _apost(self, path: str, body: dict[str, Any]) -> bytes:
         for attempt in range(self.retries + 1):
             try:
                 return self._outcome(await self._async().post(path, json=body))
@@ -88,26 +89,27 @@ class VerifierClient:
     def verify(self, response: str, reference: str) -> VerifyResult:
         """Verify one response against one reference."""
         body = VerifyRequest(response=response, reference=reference).model_dump()
-        return VerifyResult.model_validate(self._post("/v1/verify", body))
+        return VerifyResult.model_validate_json(self._post("/v1/verify", body))
 
     def verify_batch(self, items: Sequence[VerifyRequest]) -> list[VerifyResult]:
         """Verify many items (sent in chunks of at most 1024); results in input order."""
         results: list[VerifyResult] = []
         for chunk in self._chunks(items):
-            results += VerifyBatchResponse.model_validate(
+            results += VerifyBatchResponse.model_validate_json(
                 self._post("/v1/verify/batch", chunk)).results
         return results
 
     async def averify(self, response: str, reference: str) -> VerifyResult:
         """Async form of :meth:`verify`."""
         body = VerifyRequest(response=response, reference=reference).model_dump()
-        return VerifyResult.model_validate(await self._apost("/v1/verify", body))
+        return VerifyResult.model_validate_json(await self._apost("/v1/verify", body))
 
     async def averify_batch(self, items: Sequence[VerifyRequest]) -> list[VerifyResult]:
         """Async form of :meth:`verify_batch`; chunks are sent concurrently."""
         replies = await asyncio.gather(*(self._apost("/v1/verify/batch", chunk)
                                          for chunk in self._chunks(items)))
-        return [r for reply in replies for r in VerifyBatchResponse.model_validate(reply).results]
+        return [r for reply in replies
+                for r in VerifyBatchResponse.model_validate_json(reply).results]
 
     def close(self) -> None:
         """Close the sync connection pool (the async one closes in ``aclose``)."""
