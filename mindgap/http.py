@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -86,6 +88,20 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
               for e in exc.errors()]
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:10])
     return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
+
+
+def observe_requests(app: FastAPI, requests: Counter, latency: Histogram) -> None:
+    """Count every request by route template and status, and time it."""
+
+    @app.middleware("http")
+    async def observe(request: Request,
+                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        path = getattr(request.scope.get("route"), "path", "unmatched")
+        requests.labels(path, str(response.status_code)).inc()
+        latency.labels(path).observe(time.perf_counter() - start)
+        return response
 
 
 def install_common(app: FastAPI, max_body_bytes: int) -> None:

@@ -12,7 +12,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from mindgap.datasets import (
     ReadReport,
     read_problems,
 )
-from mindgap.http import bearer_auth, install_common
+from mindgap.http import bearer_auth, install_common, observe_requests
 from mindgap.jobs import (
     ENTRY_ID_PATTERN,
     DatasetSpec,
@@ -274,16 +274,7 @@ def create_app(queue: Queue | None = None, settings: RewriterSettings | None = N
     async def queue_down(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"queue unavailable: {exc}"}, status_code=503)
 
-    @app.middleware("http")
-    async def observe(request: Request,
-                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
+    observe_requests(app, metrics.requests, metrics.latency)
 
     def redis_now() -> float:
         seconds, micros = jobs.redis.time()

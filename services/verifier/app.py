@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mindgap import __version__
 from mindgap.config import ServiceSettings, VerifierSettings
-from mindgap.http import bearer_auth, install_common
+from mindgap.http import bearer_auth, install_common, observe_requests
 from mindgap.schemas import (
     VerifyBatchRequest,
     VerifyBatchResponse,
@@ -49,16 +48,7 @@ def create_app(pool: LocalVerifier | None = None,
     install_common(app, settings.max_body_bytes)
     auth = [Depends(bearer_auth(service.api_key))]
 
-    @app.middleware("http")
-    async def observe(request: Request,
-                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
+    observe_requests(app, metrics.requests, metrics.latency)
 
     @app.post("/v1/verify", dependencies=auth, response_model=VerifyResult)
     async def verify_one(body: VerifyRequest) -> VerifyResult:
