@@ -37,6 +37,17 @@ class Engine(ABC):
     def score(self, prompt: str, token_ids: list[int], temperature: float = 1.0) -> list[float]:
         """Log-probabilities of ``token_ids`` following ``prompt`` under ``log_softmax(z / T)``."""
 
+    def _score_ids(self, prompt: str, token_ids: list[int], temperature: float) -> list[int]:
+        """Checked arguments of ``score``: the prompt's token ids (empty: nothing to score)."""
+        if temperature <= 0:
+            raise ValueError(f"score needs a positive temperature, not {temperature}")
+        if not token_ids:
+            return []
+        prompt_ids = self.tokenize(prompt)
+        if not prompt_ids:
+            raise ValueError("score needs a non-empty prompt")
+        return prompt_ids
+
     @abstractmethod
     def render_chat(self, user_message: str) -> str:
         """The model's chat template applied to one user message, ready for generation."""

@@ -178,13 +178,9 @@ class VLLMEngine(Engine):
         return result
 
     def score(self, prompt: str, token_ids: list[int], temperature: float = 1.0) -> list[float]:
-        if temperature <= 0:
-            raise ValueError(f"score needs a positive temperature, not {temperature}")
-        if not token_ids:
-            return []
-        prompt_ids = self.tokenize(prompt)
+        prompt_ids = self._score_ids(prompt, token_ids, temperature)
         if not prompt_ids:
-            raise ValueError("score needs a non-empty prompt")
+            return []
         if abs(temperature - 1.0) < _UNIT_TEMPERATURE_EPS:
             return self._score_prompt_logprobs(prompt_ids, list(token_ids))
         return self._score_reference(prompt_ids, list(token_ids), temperature)
