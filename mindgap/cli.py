@@ -391,9 +391,16 @@ def results(
 
 @app.command()
 def train(
-    data: Annotated[list[Path], typer.Option(exists=True, dir_okay=False,
-                                             help="Aligned examples (JSONL or Parquet).")],
     out: Annotated[Path, typer.Option(help="Metrics, checkpoints and the final model.")],
+    data: Annotated[list[Path] | None, typer.Option(
+        exists=True, dir_okay=False, help="Aligned examples (JSONL or Parquet).")] = None,
+    redis: Annotated[str | None, typer.Option(
+        help="Train on the live stream of this Redis queue instead of files.")] = None,
+    job: Annotated[str | None, typer.Option(
+        help="With --redis: stop when this job is finished and all its examples trained.")
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="With --redis: the queue's key prefix.")
+                      ] = "mindgap",
     model: Annotated[str | None, typer.Option(
         help="Model to train (default: the packaged SmolLM2).")] = None,
     loss: Annotated[str, typer.Option(help="sft, dft or is.")] = "is",
@@ -405,7 +412,8 @@ def train(
         help="'latest' or a checkpoint folder to continue from.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of data order and RNGs.")] = 0,
 ) -> None:
-    """Fine-tune on aligned examples with sft, dft or importance-sampled (is) loss.
+    """Fine-tune on aligned examples (files, or the live Redis stream) with the sft, dft or
+    importance-sampled (is) loss.
 
     For every option (warm-up, clipping, checkpoints, FSDP) use `python -m trainer --help`;
     for many processes: `torchrun --nproc_per_node N -m trainer ...`.
@@ -415,7 +423,12 @@ def train(
 
     if loss not in ("sft", "dft", "is"):
         _fail(f"--loss must be sft, dft or is, not {loss!r}")
-    summary = train_command(data=[str(p) for p in data], out=str(out),
+    if bool(data) == bool(redis):
+        _fail("give --data FILE (repeatable) or --redis URL (the live stream), one of them")
+    if job and not redis:
+        _fail("--job needs --redis")
+    summary = train_command(data=[str(p) for p in data or []], redis=redis, job=job,
+                            redis_prefix=prefix, out=str(out),
                             model=resolve_model(model), loss=loss, max_steps=max_steps, lr=lr,
                             batch_tokens=batch_tokens, global_batch=global_batch,
                             resume=resume, seed=seed)

@@ -11,6 +11,8 @@ Redis Cluster so that every key lands in one slot, which the Lua scripts need):
   entries that every group has acknowledged.
 - ``P:results:<job>``: the job's own results (field ``example``), read by ``iter_results``
   (``GET /v1/jobs/{id}/results``); independent of what the trainer consumes or trims.
+- ``P:trained``: hash, trainer consumer -> how many of its pending ``aligned`` entries it has
+  already trained on (a trainer acknowledges only once a checkpoint holds them); not lag.
 - ``P:dead``: dead letters: tasks that failed ``max_deliveries`` times, malformed entries.
 - ``P:job:<job>``: the job hash (status, total, done, failed, skipped, per-source counts
   ``self``/``guided``/``expert``, created/updated/finished, last_error, options).
@@ -326,6 +328,7 @@ class Queue:
         self.aligned_key = f"{prefix}:aligned"
         self.dead_key = f"{prefix}:dead"
         self.jobs_key = f"{prefix}:jobs"
+        self.trained_key = f"{prefix}:trained"
         timeout = client.get_connection_kwargs().get("socket_timeout")
         self._max_block_ms = 3_600_000 if timeout is None else max(0, int(timeout * 1000) - 1000)
         self._cursors: dict[str, str] = {}
@@ -656,14 +659,24 @@ class Queue:
 
     # --- trainer -------------------------------------------------------------------------
 
+    def publish_aligned(self, examples: Sequence[AlignedExample], job_id: str = "") -> list[str]:
+        """Append examples to the trainers' stream directly (an import of existing aligned
+        data, tests); returns their entry ids. Jobs' results arrive through ``complete_task``."""
+        pipe = self.redis.pipeline(transaction=False)
+        for example in examples:
+            pipe.xadd(self.aligned_key, {"job": job_id, "example_id": example.id,
+                                         "example": example.model_dump_json()})
+        return [str(entry_id) for entry_id in pipe.execute()]
+
     def read_aligned(self, consumer: str, count: int = 64, block_ms: int = 1000, *,
-                     pending: bool = False) -> list[tuple[str, AlignedExample]]:
+                     pending: bool = False, after: str = "0") -> list[tuple[str, AlignedExample]]:
         """New aligned examples for this trainer consumer (group ``trainers``).
 
-        ``pending=True`` re-reads this consumer's delivered but unacknowledged entries
-        instead (after a restart), without blocking. Acknowledge with ``ack_aligned``.
+        ``pending=True`` re-reads this consumer's delivered but unacknowledged entries with
+        ids after ``after`` instead (after a restart), oldest first, without blocking.
+        Acknowledge with ``ack_aligned``.
         """
-        stream_id = "0" if pending else ">"
+        stream_id = after if pending else ">"
         block = min(block_ms, self._max_block_ms) if block_ms > 0 and not pending else None
         try:
             reply = self.redis.xreadgroup(TRAINERS, consumer, {self.aligned_key: stream_id},
@@ -697,6 +710,27 @@ class Queue:
             return 0
         return int(self.redis.xack(self.aligned_key, TRAINERS, *entry_ids))
 
+    def set_trained(self, consumer: str, count: int) -> None:
+        """Record how many of ``consumer``'s pending aligned entries it has trained on (0
+        removes the record); ``trainer_lag`` does not count them."""
+        if count > 0:
+            self.redis.hset(self.trained_key, consumer, count)
+        else:
+            self.redis.hdel(self.trained_key, consumer)
+
+    def aligned_last_id(self) -> str:
+        """The id of the newest entry ever added to the trainers' stream (``0-0``: none)."""
+        try:
+            return str(self.redis.xinfo_stream(self.aligned_key)["last-generated-id"])
+        except redis.ResponseError:  # no such stream
+            return "0-0"
+
+    def aligned_delivered_through(self, entry_id: str) -> bool:
+        """Whether the trainers group has been handed every aligned entry up to ``entry_id``."""
+        info = self._group(self.aligned_key, TRAINERS)
+        delivered = info["last-delivered-id"] if info else "0-0"
+        return _stream_id(str(delivered)) >= _stream_id(entry_id)
+
     def _group(self, stream: str, group: str) -> dict[str, Any] | None:
         try:
             groups = self.redis.xinfo_groups(stream)
@@ -719,9 +753,11 @@ class Queue:
         return int(lag), int(info["pending"])
 
     def trainer_lag(self) -> int:
-        """Aligned entries the trainers have not acknowledged (undelivered plus pending)."""
+        """Aligned entries the trainers have not trained on: undelivered plus pending, less
+        the pending ones a trainer reports trained (``set_trained``) but not yet acknowledged."""
         undelivered, pending = self._lag(self.aligned_key, TRAINERS)
-        return undelivered + pending
+        trained = sum(int(v) for v in self.redis.hvals(self.trained_key))
+        return undelivered + max(0, pending - trained)
 
     def should_pause(self, high_water: int, low_water: int, paused: bool = False) -> bool:
         """Hysteresis on the trainer lag; pass the previous answer as ``paused``."""

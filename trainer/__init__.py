@@ -3,6 +3,7 @@
 - ``trainer.losses``: the token-level losses ``sft``, ``dft``, ``is`` and their statistics;
 - ``trainer.collate``: tokenisation, truncation, padding, micro-batches by a token budget;
 - ``trainer.sources``: ``Source`` (the interface) and ``FileSource`` (JSONL / Parquet);
+- ``trainer.redis_source``: ``RedisSource`` (the live stream ``mindgap:aligned``);
 - ``trainer.loop``: ``train(config) -> summary`` (AdamW, cosine schedule, torchrun + FSDP2);
 - ``trainer.checkpoint``: checkpoints with optimizer, schedule, RNG and data position;
 - ``trainer.config``: ``TrainConfig``; ``python -m trainer`` and ``train_command`` (the

@@ -1,5 +1,7 @@
 """``python -m trainer --data aligned.jsonl --model PATH --loss is --max-steps 100 --out DIR``
 
+(or ``--redis redis://host:6379/0 --job ID`` instead of ``--data``: the live stream.)
+
 Every ``TrainConfig`` field is a flag (``max_steps`` -> ``--max-steps``; booleans take
 ``--x`` / ``--no-x``); ``--resume`` alone means ``--resume latest``. Run it under
 ``torchrun --nproc_per_node N -m trainer ...`` for several processes. Prints the summary as
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         hint = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name == "data":
-            parser.add_argument(flag, nargs="+", required=True, help=help_text)
+            parser.add_argument(flag, nargs="+", default=[], help=help_text)
         elif f.name == "model":
             parser.add_argument(flag, required=True, help=help_text)
         elif f.name == "resume":
@@ -56,12 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.data) == bool(args.redis):
+        parser.error("give --data FILE... or --redis URL (the live stream), one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     from trainer.loop import train
 
-    summary = train(TrainConfig.from_dict(vars(args)))
+    try:
+        config = TrainConfig.from_dict(vars(args))
+    except ValueError as exc:
+        parser.error(str(exc))
+    summary = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
     return 0

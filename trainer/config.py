@@ -24,7 +24,22 @@ class TrainConfig:
     # --- data ---------------------------------------------------------------------------
     data: list[str] = field(default_factory=list, metadata={
         "help": "Aligned examples: JSON lines (.jsonl) or Parquet (.parquet) files of "
-                "AlignedExample, as written by `mindgap rewrite`."})
+                "AlignedExample, as written by `mindgap rewrite` (or use redis)."})
+    redis: str | None = _f(None, "Train on the live stream instead of files: the Redis URL "
+                           "of the queue (redis://host:6379/0); examples of the stream "
+                           "<redis_prefix>:aligned, read as consumer group 'trainers'.")
+    job: str | None = _f(None, "With redis: stop once this job is finished and all its "
+                         "examples are trained on (examples of other jobs in the stream are "
+                         "trained on too).")
+    redis_prefix: str = _f("mindgap", "Key prefix of the queue (as the rewriter's "
+                           "MINDGAP_REWRITER_PREFIX).")
+    redis_consumer: str | None = _f(None, "Consumer name in the group 'trainers' (default: "
+                                    "derived from the output folder, so a run restarted on "
+                                    "the same folder re-reads what it had not acknowledged).")
+    redis_block_ms: int = _f(1000, "Longest single wait for new stream entries.")
+    redis_idle_timeout_s: float | None = _f(None, "With redis and no job: stop after this many "
+                                            "seconds without a new example (None: wait; "
+                                            "max_steps ends the run).")
     shuffle: bool = _f(True, "Shuffle the examples every epoch (seeded with seed + epoch).")
     epochs: int | None = _f(None, "Stop after this many passes over the data (None: as many "
                             "as max_steps needs).")
@@ -97,6 +112,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.data, str):
             self.data = [self.data]
+        if self.data and self.redis:
+            raise ValueError("give either data (files) or redis (the live stream), not both")
+        if self.job is not None and not self.redis:
+            raise ValueError("job needs redis")
         if self.loss not in ("sft", "dft", "is"):
             raise ValueError(f"loss must be sft, dft or is, not {self.loss!r}")
         if self.dist_mode not in ("auto", "fsdp", "allreduce"):

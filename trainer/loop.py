@@ -22,6 +22,7 @@ current step, with a checkpoint (resume with ``resume="latest"``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -80,6 +81,15 @@ class DistContext:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pickled)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0,
+                                   device=self.device if self.device.type == "cuda" else None)
+        return box[0]
 
 
 def setup_distributed(config: TrainConfig) -> DistContext:
@@ -146,6 +156,25 @@ def _all_reduce_grads(model: torch.nn.Module, bucket_numel: int = 1 << 24) -> No
             flush()
             size = 0
     flush()
+
+
+def build_source(config: TrainConfig, ctx: DistContext) -> Source:
+    """The files of ``config.data``, or the Redis stream of ``config.redis``."""
+    if config.redis:
+        from mindgap.queue import Queue
+        from trainer.redis_source import RedisSource
+
+        consumer = config.redis_consumer or "trainer-" + hashlib.sha1(
+            str(Path(config.out).resolve()).encode()).hexdigest()[:12]
+        queue = Queue.from_url(config.redis, config.redis_prefix)
+        return RedisSource(queue, consumer=consumer, job=config.job, rank=ctx.rank,
+                           world_size=ctx.world_size, broadcast=ctx.broadcast,
+                           block_ms=config.redis_block_ms,
+                           idle_timeout_s=config.redis_idle_timeout_s)
+    if not config.data:
+        raise ValueError("no data: set data (aligned JSONL/Parquet files) or redis (a URL)")
+    return FileSource(config.data, seed=config.seed, shuffle=config.shuffle,
+                      epochs=config.epochs, rank=ctx.rank, world_size=ctx.world_size)
 
 
 # --- model, optimizer, schedule -----------------------------------------------------------
@@ -377,11 +406,9 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
 
+    owns_source = source is None
     if source is None:
-        if not config.data:
-            raise ValueError("no data: set config.data to aligned JSONL/Parquet files")
-        source = FileSource(config.data, seed=config.seed, shuffle=config.shuffle,
-                            epochs=config.epochs, rank=ctx.rank, world_size=ctx.world_size)
+        source = build_source(config, ctx)
     step = 0
     if resume_from is not None:
         state = ckpt.restore_checkpoint(resume_from, model=model, optimizer=optimizer,
@@ -499,6 +526,7 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
             if periodic or interrupted:
                 last_ckpt = _save(config, step, model, optimizer, scheduler, tokenizer,
                                   source, last, ctx)
+                source.settle()
                 saved_at = step
             if interrupted:
                 stopped = "signal" if stop.set else "stop_after"
@@ -514,12 +542,15 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
         if saved_at != step:
             last_ckpt = _save(config, step, model, optimizer, scheduler, tokenizer, source,
                               last, ctx)
+            source.settle()
         final_path = out / "final"
         if ctx.is_main and last_ckpt is not None:  # the checkpoint's weights, as a plain folder
             if final_path.exists():
                 shutil.rmtree(final_path)
             shutil.copytree(last_ckpt / "model", final_path)
         ctx.barrier()
+    elif stopped in ("max_steps", "exhausted"):
+        source.settle()  # the run ended without a final save: its examples are consumed
     summary = {
         "steps": step, "start_step": start_step, "stopped": stopped, **totals,
         "elapsed_s": time.perf_counter() - t_start, "last": last,
@@ -529,6 +560,8 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
     }
     if ctx.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if owns_source:
+        source.close()
     return summary
 
 

@@ -1,10 +1,7 @@
 """Where training examples come from, with a position that checkpoints can save.
 
 ``Source`` is the interface the loop uses; ``FileSource`` reads JSON lines or Parquet files
-of ``AlignedExample``. A ``RedisSource`` (service mode) fits the same interface:
-``next_batch`` = ``Queue.read_aligned`` (first the pending entries after a restart), ``commit``
-= ``Queue.ack_aligned``, ``state`` = the consumer name (the stream's consumer group holds the
-real position).
+of ``AlignedExample``; ``trainer.redis_source.RedisSource`` reads the live Redis stream.
 
 Protocol of one optimizer step, on every rank::
 
@@ -12,6 +9,7 @@ Protocol of one optimizer step, on every rank::
     ... forward, backward, optimizer step ...
     source.commit([key for key, _ in batch])  # only after the step that used them
     source.state()                            # what a checkpoint saves (committed position)
+    source.settle()                           # after the checkpoint is written (or at the end)
 """
 
 from __future__ import annotations
@@ -53,6 +51,10 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from a position returned by ``state()``."""
+
+    def settle(self) -> None:  # noqa: B027 - optional hook
+        """The position of the last ``state()`` is durable (a checkpoint holds it, or the run
+        ended): a stream source acknowledges the examples it covers."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from trainer.__main__ import build_parser
+from trainer.__main__ import build_parser, main
 from trainer.config import TrainConfig
 from trainer.loop import build_scheduler
 
@@ -39,6 +39,23 @@ def test_cli_flags_map_to_the_config():
         TrainConfig.from_dict({"nope": 1})
     with pytest.raises(ValueError):
         TrainConfig(loss="ppo")
+
+
+def test_data_or_redis_one_of_them(capsys):
+    args = build_parser().parse_args(["--redis", "redis://h:6379/0", "--job", "j", "--model",
+                                      "m", "--redis-idle-timeout-s", "5"])
+    config = TrainConfig.from_dict(vars(args))
+    assert (config.redis, config.job, config.data) == ("redis://h:6379/0", "j", [])
+    assert config.redis_idle_timeout_s == 5.0 and config.redis_prefix == "mindgap"
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(data=["a.jsonl"], redis="redis://h")
+    with pytest.raises(ValueError, match="job needs redis"):
+        TrainConfig(data=["a.jsonl"], job="j")
+    for argv in (["--model", "m"], ["--model", "m", "--data", "a", "--redis", "redis://h"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "give --data FILE... or --redis URL" in capsys.readouterr().err
 
 
 def test_warmup_then_cosine():

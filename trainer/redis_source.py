@@ -1,0 +1,176 @@
+"""Aligned examples from the live Redis stream ``P:aligned`` (service mode).
+
+The training run is one consumer of the group ``trainers`` (rank 0 talks to Redis and
+broadcasts each global batch to the other ranks, so the run's data does not depend on the
+number of ranks). An entry moves through three states:
+
+1. *delivered* (pending in the group): read by ``next_batch``;
+2. *trained*: ``commit`` after the optimizer step that used it; reported to Redis with
+   ``Queue.set_trained`` so the backpressure lag does not count it;
+3. *acknowledged*: ``settle`` after a checkpoint holds the step (or the run ended).
+
+Acknowledging only what a checkpoint holds is what makes a hard kill lose nothing: a resumed
+run (same consumer, restored by ``load_state``) first re-reads the consumer's pending
+entries, acknowledges those the checkpoint already covers (id <= the committed id) and
+serves the rest again, in the original order, before new entries. Entries reach a consumer in
+increasing id order, so "everything delivered up to id X" is the whole position.
+
+A run stops when ``next_batch`` returns nothing: with ``job``, once the job is finished and
+every aligned entry added before it finished has been delivered; without, after
+``idle_timeout_s`` without a new entry (``None``: wait for ever; ``max_steps`` ends the run).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mindgap.queue import FINISHED, Queue
+from mindgap.schemas import AlignedExample
+from trainer.sources import Source
+
+log = logging.getLogger(__name__)
+
+Batch = list[tuple[str, AlignedExample]]
+_PAGE = 256
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisSource(Source):
+    """The trainers' stream as a ``Source``: global batches of ``n`` entries in delivery
+    order, rank ``r`` keeping offsets ``r, r + world_size, ...`` (as ``FileSource``).
+
+    ``broadcast(obj)`` sends rank 0's object to every rank and returns it (required when
+    ``world_size > 1``). ``block_ms``: the longest single wait on the stream.
+    """
+
+    def __init__(self, queue: Queue, *, consumer: str, job: str | None = None, rank: int = 0,
+                 world_size: int = 1, broadcast: Callable[[Any], Any] | None = None,
+                 block_ms: int = 1000, idle_timeout_s: float | None = None) -> None:
+        if world_size > 1 and broadcast is None:
+            raise ValueError("several ranks need a broadcast function")
+        self.queue, self.consumer, self.job = queue, consumer, job
+        self.rank, self.world_size = rank, world_size
+        self._broadcast = broadcast or (lambda obj: obj)
+        self.block_ms, self.idle_timeout_s = block_ms, idle_timeout_s
+        self._committed_id: str | None = None   # every delivered entry <= it is trained
+        self._replay: deque[tuple[str, AlignedExample]] = deque()
+        self._recovered = False                 # the consumer's pending entries were read
+        self._issued: deque[list[str]] = deque()  # global ids of each batch not committed
+        self._trained: list[str] = []           # committed, not yet acknowledged
+        self._finished = False
+        self._drain_mark: str | None = None
+        if rank == 0 and job is not None:
+            status = queue.job_status(job)
+            if status is None:
+                raise ValueError(f"job {job!r} not found in Redis (prefix {queue.prefix!r})")
+            if not status["feed_trainer"]:
+                raise ValueError(f"job {job!r} was submitted without feeding the trainer: "
+                                 "its results are not in the trainers' stream")
+
+    # --- reading (rank 0) ---------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Read this consumer's pending entries: acknowledge those a checkpoint covers, queue
+        the others to be served again."""
+        covered: list[str] = []
+        after = "0"
+        while page := self.queue.read_aligned(self.consumer, _PAGE, pending=True, after=after):
+            for entry_id, example in page:
+                if self._committed_id is not None and \
+                        _id_key(entry_id) <= _id_key(self._committed_id):
+                    covered.append(entry_id)
+                else:
+                    self._replay.append((entry_id, example))
+            after = page[-1][0]
+        self.queue.ack_aligned(covered)
+        self.queue.set_trained(self.consumer, 0)
+        if covered or self._replay:
+            log.info("consumer %s: %d pending entries already in the checkpoint acknowledged, "
+                     "%d served again", self.consumer, len(covered), len(self._replay))
+        self._recovered = True
+
+    def _job_drained(self) -> bool:
+        assert self.job is not None
+        status = self.queue.job_status(self.job)
+        if status is None:
+            raise RuntimeError(f"job {self.job!r} disappeared from Redis")
+        if status["status"] not in FINISHED:
+            return False
+        if self._drain_mark is None:  # every entry of the job was added before this id
+            self._drain_mark = self.queue.aligned_last_id()
+        return self.queue.aligned_delivered_through(self._drain_mark)
+
+    def _read(self, n: int) -> Batch:
+        if not self._recovered:
+            self._recover()
+        out: Batch = []
+        while self._replay and len(out) < n:
+            out.append(self._replay.popleft())
+        last_new = time.monotonic()
+        while len(out) < n and not self._finished:
+            got = self.queue.read_aligned(self.consumer, n - len(out), self.block_ms)
+            if got:
+                out += got
+                last_new = time.monotonic()
+            elif self.job is not None:
+                self._finished = self._job_drained()
+            elif self.idle_timeout_s is not None:
+                self._finished = time.monotonic() - last_new >= self.idle_timeout_s
+        return out
+
+    # --- Source -------------------------------------------------------------------------
+
+    def next_batch(self, n: int) -> Batch:
+        batch = self._broadcast(self._read(n) if self.rank == 0 else None)
+        self._issued.append([entry_id for entry_id, _ in batch])
+        return [item for i, item in enumerate(batch) if i % self.world_size == self.rank]
+
+    def commit(self, keys: Sequence[str]) -> None:
+        """Mark the oldest uncommitted batch trained (``keys``: this rank's share of it)."""
+        if not self._issued:
+            raise RuntimeError("commit without an uncommitted batch")
+        ids = self._issued.popleft()
+        if not set(keys) <= set(ids):
+            raise ValueError("commit of keys outside the oldest uncommitted batch")
+        if ids:
+            self._trained += ids
+            self._committed_id = max(ids, key=_id_key)
+        if self.rank == 0:
+            self.queue.set_trained(self.consumer, len(self._trained))
+
+    def settle(self) -> None:
+        """Acknowledge every trained entry (a checkpoint now holds them, or the run ended)."""
+        if self.rank == 0 and self._trained:
+            self.queue.ack_aligned(self._trained)
+            self.queue.set_trained(self.consumer, 0)
+        self._trained = []
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "redis", "prefix": self.queue.prefix, "consumer": self.consumer,
+                "job": self.job, "committed_id": self._committed_id}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "redis":
+            raise ValueError(f"not a Redis source position: {state}")
+        if state.get("prefix") != self.queue.prefix:
+            raise ValueError(f"the saved position is for prefix {state.get('prefix')!r}, "
+                             f"not {self.queue.prefix!r}")
+        if state["consumer"] != self.consumer:
+            log.info("resuming as consumer %s (from the checkpoint)", state["consumer"])
+        self.consumer = state["consumer"]
+        self._committed_id = state.get("committed_id")
+        self._replay.clear()
+        self._issued.clear()
+        self._trained = []
+        self._recovered = False
+
+    def close(self) -> None:
+        self.queue.close()
