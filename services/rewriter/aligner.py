@@ -10,7 +10,7 @@ import random
 import time
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from typing import Protocol
@@ -68,6 +68,20 @@ class AlignStats:
     verifier_errors: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class RoundDone:
+    """Reported after every sampling round (for progress displays)."""
+
+    kind: PromptKind
+    round: int
+    """1-based, within this kind's rounds of the current ``align`` call."""
+    prompts: int
+    solved: int
+    """Problems of the round that now have a correct response."""
+    unsolved: int
+    """Problems of the round still without one."""
+
+
 def longest_common_substring(a: str, b: str) -> int:
     """Length of the longest string found in both ``a`` and ``b``."""
     match = SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
@@ -78,11 +92,13 @@ class Aligner:
     """Turns problems into aligned examples with one engine and one verifier."""
 
     def __init__(self, engine: Engine, verifier: Verifier, config: RewriteOptions | None = None,
-                 templates: PromptTemplates | None = None) -> None:
+                 templates: PromptTemplates | None = None,
+                 on_round: Callable[[RoundDone], None] | None = None) -> None:
         self.engine = engine
         self.verifier = verifier
         self.config = config or RewriteOptions()
         self.templates = templates or PromptTemplates()
+        self.on_round = on_round
         self.stats = AlignStats()
         self._eos = [engine.eos_token_id] if engine.eos_token_id is not None else []
 
@@ -117,7 +133,11 @@ class Aligner:
                 self._record(state, kind, samples, [next(verdicts) for _ in samples])
             used += n
             round_index += 1
-            pending = [s for s in pending if not s.correct]
+            unsolved = [s for s in pending if not s.correct]
+            if self.on_round is not None:
+                self.on_round(RoundDone(kind, round_index, len(pending),
+                                        len(pending) - len(unsolved), len(unsolved)))
+            pending = unsolved
 
     def _prompt(self, state: _State, kind: PromptKind) -> str:
         problem = state.problem

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from mindgap.datasets import append_jsonl, read_jsonl_ids
 from mindgap.schemas import Problem
-from services.rewriter.aligner import Aligner
+from services.rewriter.aligner import Aligner, RoundDone
 
 
 class OutputExistsError(RuntimeError):
@@ -66,17 +66,31 @@ def rewrite(problems: list[Problem], aligner: Aligner, out: Path, batch_size: in
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="problem", desc="rewrite", disable=not progress,
                dynamic_ncols=True)
-    with bar:
-        for first in range(0, len(todo), batch_size):
-            batch = todo[first : first + batch_size]
-            append_jsonl(out, aligner.align(batch))
-            elapsed = time.perf_counter() - start
-            bar.update(len(batch))
-            sources = aligner.stats.sources
-            bar.set_postfix(ordered_dict={
-                "self": sources["self"], "guided": sources["guided"],
-                "expert": sources["expert"],
-                "tok/s": f"{aligner.stats.generated_tokens / max(elapsed, 1e-9):.0f}"})
+    stage = "-"
+
+    def show() -> None:
+        sources = aligner.stats.sources
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(ordered_dict={
+            "self": sources["self"], "guided": sources["guided"], "expert": sources["expert"],
+            "round": stage, "tok/s": f"{aligner.stats.generated_tokens / elapsed:.0f}"})
+
+    def on_round(done: RoundDone) -> None:  # progress inside a batch, after every round
+        nonlocal stage
+        kind = "self" if done.kind == "plain" else "guided"
+        stage = f"{kind} {done.round}: {done.solved}/{done.prompts} solved"
+        show()
+
+    previous, aligner.on_round = aligner.on_round, on_round
+    try:
+        with bar:
+            for first in range(0, len(todo), batch_size):
+                batch = todo[first : first + batch_size]
+                append_jsonl(out, aligner.align(batch))
+                bar.update(len(batch))
+                show()
+    finally:
+        aligner.on_round = previous
     seconds = time.perf_counter() - start
     in_output = _sources_in(out)
     stats = aligner.stats

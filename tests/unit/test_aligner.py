@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from mindgap.schemas import Problem, RewriteOptions
-from services.rewriter.aligner import Aligner, longest_common_substring
+from services.rewriter.aligner import Aligner, RoundDone, longest_common_substring
 from services.verifier.pool import LocalVerifier
 from tests.scripted import ScriptedEngine, TimeoutVerifier, bernoulli_script
 
@@ -50,6 +50,22 @@ def test_self_in_a_later_round_stops_there(verifier: LocalVerifier) -> None:
     assert example.attempts.self_rounds == 3 and example.attempts.self_samples == 3
     assert example.attempts.guided_samples == 0
     assert len(engine.calls) == 3
+
+
+def test_every_round_is_reported(verifier: LocalVerifier) -> None:
+    # Problem p0 is solved by itself in round 2; p1 only with the guide; p2 never.
+    def script(prompt: str, index: int) -> str:
+        if "variant 0" in prompt and index >= 1000:
+            return "\\boxed{42}"
+        if "variant 1" in prompt and is_guided(prompt):
+            return "Count the boxes: \\boxed{42}"
+        return "\\boxed{7}"
+
+    rounds: list[RoundDone] = []
+    config = RewriteOptions(k_self=2, k_guided=2)
+    Aligner(ScriptedEngine(script), verifier, config, on_round=rounds.append).align(problems(3))
+    assert rounds == [RoundDone("plain", 1, 3, 0, 3), RoundDone("plain", 2, 3, 1, 2),
+                      RoundDone("guided", 1, 2, 1, 1), RoundDone("guided", 2, 1, 0, 1)]
 
 
 def test_guided_when_self_fails(verifier: LocalVerifier) -> None:
