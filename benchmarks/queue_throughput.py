@@ -13,10 +13,8 @@ Results: ``benchmarks/results/queue_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -30,6 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from benchmarks._machine import format_table, machine_info  # noqa: E402
 from mindgap.queue import Backpressure, Queue  # noqa: E402
 from mindgap.schemas import Problem  # noqa: E402
 from services.rewriter.engines.base import Engine, Sample  # noqa: E402
@@ -201,7 +200,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
     tmp = Path("/tmp")
-    load_start = os.getloadavg()
+    info = machine_info()
     run = throughput(args.redis_url, args.problems, args.workers, tmp)
     pressure = backpressure(args.redis_url, min(args.problems, 10000), args.workers,
                             args.high_water, args.low_water, tmp)
@@ -218,19 +217,14 @@ def main() -> None:
         ("job after the trainer resumed", pressure["final_status"], "completed",
          "PASS" if pressure["final_status"] == "completed" else "FAIL"),
     ]
-    width = max(len(r[0]) for r in rows)
     print(f"queue throughput: {args.problems} problems, {args.workers} workers, "
           f"{os.cpu_count()} cores")
-    for name, value, target, result in rows:
-        print(f"{name:<{width}} | {value:>10} | {target:<40} | {result}")
+    print(format_table(["measure", "value", "target", "result"], rows))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=PROJECT_ROOT).stdout.strip()
+    info["load_average_at_end"] = list(os.getloadavg())
     args.output.write_text(json.dumps({
-        "benchmark": "queue_throughput", "date": dt.datetime.now(dt.UTC).isoformat(),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_start": load_start, "load_average_end": os.getloadavg()},
-        "git_commit": commit, "settings": vars(args) | {"output": str(args.output)},
+        "benchmark": "queue_throughput", "machine": info,
+        "settings": vars(args) | {"output": str(args.output)},
         "throughput": run, "backpressure": pressure,
         "target_examples_per_s": TARGET_EXAMPLES_PER_S}, indent=2) + "\n")
     print(f"results written to {args.output}")

@@ -6,9 +6,11 @@ Four ways of checking the same (response, reference) pairs are timed on this mac
    would without mindgap (``verify(parse("$" + reference + "$"), parse(response))`` with the
    library's default extraction configs and timeouts).
 2. ``LocalVerifier``: mindgap's sandboxed worker pool (default workers = cores),
-   ``verify_batch`` on every pair; pool start-up and a small warm-up batch are excluded.
+   ``verify_batch`` on every pair, ``--copies`` times over (default 10: about 18,000
+   items, a few seconds, so the rate is the steady state and not a 0.2 s burst); pool
+   start-up and a small warm-up batch are excluded.
 3. ``HTTP batch``: a real ``mindgap serve verifier`` subprocess, ``POST /v1/verify/batch``
-   with chunks of 256 items sent one after another.
+   with chunks of 256 items, 2 requests in flight, on the same ``--copies`` workload.
 4. Single-call latency: sequential ``POST /v1/verify`` calls (GSM8K integer answers, and
    MATH-500 answers), reported as p50 and p99.
 
@@ -23,10 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
+import dataclasses
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -47,11 +48,17 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # so ``services`` imports when run as a script
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from benchmarks._machine import (  # noqa: E402
+    DEFAULT_DATA_DIR,
+    RESULTS,
+    format_table,
+    machine_info,
+    verdict,
+)
 from mindgap.schemas import VerifyBatchResponse, VerifyRequest, VerifyResult  # noqa: E402
 from services.verifier.pool import LocalVerifier  # noqa: E402
 
-DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared/data/benchmarks"
-DEFAULT_OUTPUT = PROJECT_ROOT / "benchmarks/results/verifier_throughput.json"
+DEFAULT_OUTPUT = RESULTS / "verifier_throughput.json"
 HTTP_CHUNK = 256
 IN_FLIGHT = 2
 LATENCY_CALLS = 300
@@ -185,44 +192,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def git_commit() -> str | None:
-    """The checked-out commit, or None when there is none (read-only ``git rev-parse``)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else None
-
-
-def package_version(name: str) -> str | None:
-    """Installed version of a distribution, or None."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    return {
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "load_average_at_start": list(os.getloadavg()),
-        "math_verify": package_version("math-verify"),
-        "latex2sympy2_extended": package_version("latex2sympy2_extended"),
-        "sympy": package_version("sympy"),
-    }
 
 
 # --------------------------------------------------------------------------- 1. direct
@@ -458,6 +427,13 @@ def run_latency(client: httpx.Client, pairs: Sequence[Pair], calls: int, label: 
 # --------------------------------------------------------------------------- report
 
 
+def first_copy(run: MethodRun, results: list[VerifyResult],
+               n: int) -> tuple[MethodRun, list[VerifyResult]]:
+    """The verdicts and results of the first ``n`` items (one copy of the pairs): what the
+    agreement tables compare; the timing still covers every copy."""
+    return dataclasses.replace(run, verdicts=run.verdicts[:n]), results[:n]
+
+
 def agreement(pairs: Sequence[Pair], run: MethodRun) -> dict[str, float]:
     """Fraction of pairs judged correct, per dataset and overall."""
     out: dict[str, float] = {}
@@ -492,22 +468,6 @@ def disagreements(pairs: Sequence[Pair], a: MethodRun, b: MethodRun,
             "examples": picked}
 
 
-def verdict(ok: bool) -> str:
-    """PASS or FAIL."""
-    return "PASS" if ok else "FAIL"
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Plain-text table, columns separated by `` | `` and padded to align."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    rule = "-+-".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -519,6 +479,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="folder holding math500.jsonl and gsm8k_test.jsonl")
     parser.add_argument("--limit", type=int, default=None,
                         help="pairs per dataset (default: all, 500 + 1319)")
+    parser.add_argument("--copies", type=int, default=10,
+                        help="pool and HTTP throughput: the pairs this many times over")
     parser.add_argument("--chunk", type=int, default=HTTP_CHUNK,
                         help="items per /v1/verify/batch request")
     parser.add_argument("--latency-calls", type=int, default=LATENCY_CALLS,
@@ -536,8 +498,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    if min(args.chunk, args.latency_calls, args.repeat) < 1:
-        parser.error("--chunk, --latency-calls and --repeat must be at least 1")
+    if min(args.chunk, args.latency_calls, args.repeat, args.copies) < 1:
+        parser.error("--chunk, --latency-calls, --repeat and --copies must be at least 1")
     return args
 
 
@@ -564,10 +526,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{info['cores']} cores, Python {info['python']}", file=sys.stderr)
 
     direct = run_direct(pairs, progress, args.repeat)
-    pool, pool_results = run_pool(pairs, progress, args.repeat)
+    bulk = list(pairs) * args.copies
+    pool, pool_results = first_copy(*run_pool(bulk, progress, args.repeat), len(pairs))
     with VerifierServer(free_port()) as server, \
             httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
-        http, http_results = run_http_batch(client, pairs, args.chunk, progress, args.repeat)
+        http, http_results = first_copy(
+            *run_http_batch(client, bulk, args.chunk, progress, args.repeat), len(pairs))
         latency_int = run_latency(client, gsm_pairs, args.latency_calls, "GSM8K int", progress)
         latency_math = run_latency(client, math_pairs, args.latency_calls, "MATH-500", progress)
         server_startup_s = server.startup_s
@@ -663,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": info,
         "data": {"dir": str(data_dir), "math500_pairs": len(math_pairs),
                  "gsm8k_pairs": len(gsm_pairs), "limit": args.limit},
-        "settings": {"http_chunk": args.chunk, "latency_calls": args.latency_calls,
+        "settings": {"copies": args.copies, "http_chunk": args.chunk,
+                     "latency_calls": args.latency_calls,
                      "repeat": args.repeat, "timing": "best of `repeat` passes",
                      "warmup_items": WARMUP_ITEMS, "pool_workers": pool.name,
                      "direct_reference_wrapping": "$...$",
