@@ -33,7 +33,10 @@ test: setup-full lint
 lint: setup
 	$(VENV)/bin/ruff check .
 
+## Run the benchmarks one after another (each wants the machine to itself).
 bench: setup-full
 	$(PY) benchmarks/verifier_throughput.py
+	$(PY) benchmarks/queue_throughput.py
+	$(PY) benchmarks/trainer_step.py
 	$(PY) benchmarks/rewrite_throughput.py
 	$(PY) benchmarks/policy_gap.py

