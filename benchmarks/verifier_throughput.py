@@ -6,7 +6,7 @@ Four ways of checking the same (response, reference) pairs are timed on this mac
    would without mindgap (``verify(parse("$" + reference + "$"), parse(response))`` with the
    library's default extraction configs and timeouts).
 2. ``LocalVerifier``: mindgap's sandboxed worker pool (default workers = cores),
-   ``verify_batch`` on every pair, ``--copies`` times over (default 10: about 18,000
+   ``verify_batch`` on every pair, ``--copies`` times over (default 40: about 73,000
    items, a few seconds, so the rate is the steady state and not a 0.2 s burst); pool
    start-up and a small warm-up batch are excluded.
 3. ``HTTP batch``: a real ``mindgap serve verifier`` subprocess, ``POST /v1/verify/batch``
@@ -479,7 +479,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="folder holding math500.jsonl and gsm8k_test.jsonl")
     parser.add_argument("--limit", type=int, default=None,
                         help="pairs per dataset (default: all, 500 + 1319)")
-    parser.add_argument("--copies", type=int, default=10,
+    parser.add_argument("--copies", type=int, default=40,
                         help="pool and HTTP throughput: the pairs this many times over")
     parser.add_argument("--chunk", type=int, default=HTTP_CHUNK,
                         help="items per /v1/verify/batch request")
