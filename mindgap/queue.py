@@ -283,13 +283,14 @@ class Backpressure:
         return self.paused
 
 
-def _stream_id(entry_id: str) -> tuple[int, int]:
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``"ms-seq"``) as a key that sorts like the stream."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
 
 def _next_id(entry_id: str) -> str:
-    ms, seq = _stream_id(entry_id)
+    ms, seq = entry_order(entry_id)
     return f"{ms}-{seq + 1}"
 
 
@@ -729,7 +730,7 @@ class Queue:
         """Whether the trainers group has been handed every aligned entry up to ``entry_id``."""
         info = self._group(self.aligned_key, TRAINERS)
         delivered = info["last-delivered-id"] if info else "0-0"
-        return _stream_id(str(delivered)) >= _stream_id(entry_id)
+        return entry_order(str(delivered)) >= entry_order(entry_id)
 
     def _group(self, stream: str, group: str) -> dict[str, Any] | None:
         try:
@@ -777,7 +778,7 @@ class Queue:
                 bounds.append(self.redis.xpending(self.aligned_key, g["name"])["min"])
             else:
                 bounds.append(_next_id(g["last-delivered-id"]))
-        return int(self.redis.xtrim(self.aligned_key, minid=min(bounds, key=_stream_id),
+        return int(self.redis.xtrim(self.aligned_key, minid=min(bounds, key=entry_order),
                                     approximate=False))
 
     # --- operations ----------------------------------------------------------------------

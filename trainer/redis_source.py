@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mindgap.queue import FINISHED, Queue
+from mindgap.queue import FINISHED, Queue, entry_order
 from mindgap.schemas import AlignedExample
 from trainer.sources import Source
 
@@ -36,11 +36,6 @@ log = logging.getLogger(__name__)
 
 Batch = list[tuple[str, AlignedExample]]
 _PAGE = 256
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class RedisSource(Source):
@@ -85,7 +80,7 @@ class RedisSource(Source):
         while page := self.queue.read_aligned(self.consumer, _PAGE, pending=True, after=after):
             for entry_id, example in page:
                 if self._committed_id is not None and \
-                        _id_key(entry_id) <= _id_key(self._committed_id):
+                        entry_order(entry_id) <= entry_order(self._committed_id):
                     covered.append(entry_id)
                 else:
                     self._replay.append((entry_id, example))
@@ -142,7 +137,7 @@ class RedisSource(Source):
             raise ValueError("commit of keys outside the oldest uncommitted batch")
         if ids:
             self._trained += ids
-            self._committed_id = max(ids, key=_id_key)
+            self._committed_id = max(ids, key=entry_order)
         if self.rank == 0:
             self.queue.set_trained(self.consumer, len(self._trained))
 

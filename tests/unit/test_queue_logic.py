@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from mindgap.queue import Backpressure, Queue, _fingerprint, _next_id, _stream_id, hysteresis
+from mindgap.queue import Backpressure, Queue, _fingerprint, _next_id, entry_order, hysteresis
 
 
 @pytest.mark.parametrize(("lag", "paused", "expected"), [
@@ -45,11 +45,11 @@ def test_backpressure_keeps_state_and_rate_limits() -> None:
         Backpressure(fake, high_water=1, low_water=2)  # type: ignore[arg-type]
 
 
-def test_stream_ids() -> None:
-    assert _stream_id("1700000000000-7") == (1700000000000, 7)
+def testentry_orders() -> None:
+    assert entry_order("1700000000000-7") == (1700000000000, 7)
     assert _next_id("1700000000000-7") == "1700000000000-8"
     assert _next_id("0-0") == "0-1"
-    assert sorted(["10-0", "9-5", "10-1"], key=_stream_id) == ["9-5", "10-0", "10-1"]
+    assert sorted(["10-0", "9-5", "10-1"], key=entry_order) == ["9-5", "10-0", "10-1"]
 
 
 def test_fingerprint_depends_on_ids_and_order() -> None:
