@@ -526,7 +526,6 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
             if periodic or interrupted:
                 last_ckpt = _save(config, step, model, optimizer, scheduler, tokenizer,
                                   source, last, ctx)
-                source.settle()
                 saved_at = step
             if interrupted:
                 stopped = "signal" if stop.set else "stop_after"
@@ -542,7 +541,6 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
         if saved_at != step:
             last_ckpt = _save(config, step, model, optimizer, scheduler, tokenizer, source,
                               last, ctx)
-            source.settle()
         final_path = out / "final"
         if ctx.is_main and last_ckpt is not None:  # the checkpoint's weights, as a plain folder
             if final_path.exists():
@@ -568,8 +566,11 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
 def _save(config: TrainConfig, step: int, model: torch.nn.Module,
           optimizer: torch.optim.Optimizer, scheduler: Any, tokenizer: Any, source: Source,
           last: dict[str, Any], ctx: DistContext) -> Path:
-    return ckpt.save_checkpoint(
+    """Write a checkpoint, then let the source settle the position it holds."""
+    path = ckpt.save_checkpoint(
         config.out, step, model=model, optimizer=optimizer, scheduler=scheduler,
         tokenizer=tokenizer, rank=ctx.rank, keep_last=config.keep_last, barrier=ctx.barrier,
         trainer_state={"source": source.state(), "config": config.to_dict(), "metrics": last,
                        "world_size": ctx.world_size})
+    source.settle()
+    return path
