@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,16 +17,15 @@ from pathlib import Path
 import pytest
 import redis
 import torch
-from safetensors.torch import load_file
 
 from mindgap.queue import TRAINERS, Queue
 from mindgap.schemas import AlignedExample, Problem
+from tests.training import ROOT, kill_when, max_diff, steps, subprocess_env, weights
 from trainer.config import TrainConfig
 from trainer.loop import train
 from trainer.redis_source import RedisSource
 from trainer.testing import save_tiny_model, synthetic_examples
 
-ROOT = Path(__file__).resolve().parents[2]
 URL = os.environ.get("MINDGAP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN = dict(loss="is", max_steps=6, global_batch=6, batch_tokens=40, lr=1e-2, warmup_steps=2,
            progress=False, log_example_ids=True, redis_block_ms=200)
@@ -68,18 +66,6 @@ def model(tmp_path_factory) -> Path:
 def _config(model: Path, queue: Queue, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**RUN, "redis": URL, "redis_prefix": queue.prefix, "model": str(model),
                           "out": str(out), **kw})
-
-
-def _steps(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "model.safetensors")
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 def _pending(queue: Queue) -> int:
@@ -163,7 +149,7 @@ def whole_run(model, tmp_path_factory) -> Path:
         for key in queue.redis.scan_iter(match=f"{queue.prefix}:*"):
             queue.redis.delete(key)
         queue.close()
-    served = [i for step in _steps(out) for i in step["example_ids"]]
+    served = [i for step in steps(out) for i in step["example_ids"]]
     assert served == [f"ex-{i}" for i in range(36)]  # stream order, each once
     return out
 
@@ -177,9 +163,9 @@ def test_stop_and_resume_is_exact(make_queue, model, whole_run, tmp_path):
     assert _pending(queue) == 0 and queue.trainer_lag() == 18  # 18 acked, 18 unread
     second = train(_config(model, queue, tmp_path, resume="latest"))
     assert (second["start_step"], second["steps"]) == (3, 6)
-    assert _max_diff(_weights(whole / "final"), _weights(tmp_path / "final")) == 0.0
-    assert [s["example_ids"] for s in _steps(tmp_path)] == \
-        [s["example_ids"] for s in _steps(whole)]
+    assert max_diff(weights(whole / "final"), weights(tmp_path / "final")) == 0.0
+    assert [s["example_ids"] for s in steps(tmp_path)] == \
+        [s["example_ids"] for s in steps(whole)]
     assert _pending(queue) == 0 and queue.trainer_lag() == 0
 
 
@@ -193,20 +179,11 @@ def test_killed_run_loses_nothing(make_queue, model, whole_run, tmp_path):
             "--out", str(tmp_path), "--save-every", "2", "--loss", "is", "--max-steps", "6",
             "--global-batch", "6", "--batch-tokens", "40", "--lr", "1e-2", "--warmup-steps",
             "2", "--no-progress", "--log-example-ids", "--redis-block-ms", "200"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "metrics.jsonl"
-    try:
-        deadline = time.monotonic() + 180
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_when(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3)
     if (tmp_path / "final").exists():
         pytest.skip("the run finished before the kill landed")
     unacked = _pending(queue)  # delivered after the last checkpoint, trained or not
@@ -217,9 +194,9 @@ def test_killed_run_loses_nothing(make_queue, model, whole_run, tmp_path):
     assert summary["start_step"] in (2, 4) and summary["steps"] == 6
     if summary["start_step"] == 2:  # step 3 was trained but no checkpoint held it
         assert unacked >= 6
-    assert _max_diff(_weights(whole / "final"), _weights(tmp_path / "final")) == 0.0
-    assert [s["example_ids"] for s in _steps(tmp_path)] == \
-        [s["example_ids"] for s in _steps(whole)]
+    assert max_diff(weights(whole / "final"), weights(tmp_path / "final")) == 0.0
+    assert [s["example_ids"] for s in steps(tmp_path)] == \
+        [s["example_ids"] for s in steps(whole)]
     assert _pending(queue) == 0 and queue.trainer_lag() == 0
 
 
@@ -253,10 +230,10 @@ def test_streaming_consumes_each_example_once_and_stops_with_the_job(make_queue,
     assert not errors
     assert queue.job_status("live")["status"] == "completed"
     assert summary["stopped"] == "exhausted" and summary["examples"] == 30
-    served = [i for step in _steps(tmp_path) for i in step["example_ids"]]
+    served = [i for step in steps(tmp_path) for i in step["example_ids"]]
     assert sorted(served) == sorted(e.id for e in examples)  # each once
     assert summary["steps"] == 8  # 7 full batches of 4, then the last 2
-    assert [len(s["example_ids"]) for s in _steps(tmp_path)] == [4] * 7 + [2]
+    assert [len(s["example_ids"]) for s in steps(tmp_path)] == [4] * 7 + [2]
     assert _pending(queue) == 0 and queue.trainer_lag() == 0
 
 
@@ -271,10 +248,8 @@ def test_two_gloo_processes_read_the_stream_as_one(make_queue, model, whole_run,
            "--model", str(model), "--out", str(tmp_path), "--loss", "is", "--max-steps", "6",
            "--global-batch", "6", "--batch-tokens", "40", "--lr", "1e-2", "--warmup-steps",
            "2", "--no-progress", "--redis-block-ms", "200"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert _max_diff(_weights(whole / "final"), _weights(tmp_path / "final")) < 1e-5
+    assert max_diff(weights(whole / "final"), weights(tmp_path / "final")) < 1e-5
     assert _pending(queue) == 0 and queue.trainer_lag() == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from tests.training import ROOT, kill_when, max_diff, steps, subprocess_env, weights
 from trainer.config import TrainConfig
 from trainer.loop import train
 from trainer.sources import FileSource
 from trainer.testing import save_tiny_model, synthetic_examples, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[2]
 TRAIN_ARGS = ["--loss", "is", "--max-steps", "6", "--global-batch", "6", "--batch-tokens", "40",
               "--lr", "1e-2", "--warmup-steps", "2", "--no-progress", "--log-example-ids"]
 
@@ -43,36 +41,16 @@ def whole_run(setup) -> Path:
     return base / "whole"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false")
-    return env
-
-
 def _cli(args: list[str], nproc: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--standalone", "-m", "trainer", *args]
     else:
         cmd = [sys.executable, "-m", "trainer", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
-
-
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "model.safetensors")
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert sorted(a) == sorted(b)
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
-
-
-def _steps(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _config(model: Path, data: Path, out: Path, **kw) -> TrainConfig:
@@ -92,10 +70,10 @@ def test_stop_and_resume_is_exact(setup, whole_run):
     second = train(_config(model, data, out, resume="latest"))
     assert (second["start_step"], second["steps"]) == (3, 6)
 
-    assert _max_diff(_weights(base / "whole" / "final"), _weights(out / "final")) == 0.0
-    ids_whole = [s["example_ids"] for s in _steps(base / "whole")]
-    ids_resumed = [s["example_ids"] for s in _steps(out)]
-    assert [s["step"] for s in _steps(out)] == [1, 2, 3, 4, 5, 6]
+    assert max_diff(weights(base / "whole" / "final"), weights(out / "final")) == 0.0
+    ids_whole = [s["example_ids"] for s in steps(base / "whole")]
+    ids_resumed = [s["example_ids"] for s in steps(out)]
+    assert [s["step"] for s in steps(out)] == [1, 2, 3, 4, 5, 6]
     assert ids_resumed == ids_whole
     # The data position continues: the served sequence is the source's own, with no example
     # repeated or skipped (20 examples, 36 served: one epoch, then 16 of the next).
@@ -104,7 +82,7 @@ def test_stop_and_resume_is_exact(setup, whole_run):
     assert served == expected
     assert sorted(served[:20]) == sorted(f"ex-{i}" for i in range(20))
     # The loss, the schedule and the optimizer continued too.
-    for a, b in zip(_steps(base / "whole"), _steps(out), strict=True):
+    for a, b in zip(steps(base / "whole"), steps(out), strict=True):
         assert a["lr"] == b["lr"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6)
 
 
@@ -116,26 +94,18 @@ def test_killed_run_resumes_exactly(setup, whole_run):
     out = base / "killed"
     cmd = [sys.executable, "-m", "trainer", "--data", str(data), "--model", str(model),
            "--out", str(out), "--save-every", "1", "--keep-last", "2", *TRAIN_ARGS]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while not (out / "checkpoints" / "step-00000002").exists():
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_when(proc, (out / "checkpoints" / "step-00000002").exists)
     if (out / "final").exists():
         pytest.skip("the run finished before the kill landed (machine too fast)")
     result = _cli(["--data", str(data), "--model", str(model), "--out", str(out),
                    "--save-every", "1", "--keep-last", "2", "--resume", *TRAIN_ARGS])
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert 2 <= summary["start_step"] < 6 and summary["steps"] == 6
-    assert _max_diff(_weights(whole / "final"), _weights(out / "final")) == 0.0
-    assert [s["example_ids"] for s in _steps(out)] == [s["example_ids"]
-                                                       for s in _steps(whole)]
+    assert max_diff(weights(whole / "final"), weights(out / "final")) == 0.0
+    assert [s["example_ids"] for s in steps(out)] == [s["example_ids"]
+                                                       for s in steps(whole)]
     assert len(list((out / "checkpoints").iterdir())) == 2  # keep_last
 
 
@@ -150,8 +120,8 @@ def test_two_gloo_processes_match_one(setup, mode):
     result = _cli([*args, "--out", str(two), "--dist-mode", mode], nproc=2)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["world_size"] == 2 and summary["dist_mode"] == mode
-    assert _max_diff(_weights(one / "final"), _weights(two / "final")) < 1e-5
-    for a, b in zip(_steps(one), _steps(two), strict=True):
+    assert max_diff(weights(one / "final"), weights(two / "final")) < 1e-5
+    for a, b in zip(steps(one), steps(two), strict=True):
         assert a["examples"] == b["examples"] == 6
         assert a["response_tokens"] == b["response_tokens"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -1,0 +1,54 @@
+"""What the trainer's run tests share: the subprocess environment, reading a run's outputs,
+and killing a run at a chosen moment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment of a ``python -m trainer`` subprocess: the project importable, offline,
+    one thread."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``save_pretrained`` folder."""
+    return load_file(folder / "model.safetensors")
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest absolute difference between two state dicts with the same keys."""
+    assert sorted(a) == sorted(b)
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def steps(out: Path) -> list[dict]:
+    """The run's ``metrics.jsonl`` records."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool],
+              timeout_s: float = 180.0) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every 10 ms), then reap it."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run did not get there in time"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
