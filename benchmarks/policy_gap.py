@@ -40,10 +40,8 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # so ``benchmarks`` imports when run as a script
-    sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks._machine import DEFAULT_DATA_DIR, RESULTS, format_table, machine_info  # noqa: E402
+from _machine import DEFAULT_DATA_DIR, RESULTS, format_table, machine_info  # noqa: E402
 
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?(?:/\d+)?$")
 

@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks._machine import format_table, machine_info  # noqa: E402
+from _machine import format_table, machine_info  # noqa: E402
+
 from mindgap.queue import Backpressure, Queue  # noqa: E402
+from mindgap.rewriter.engines.base import Engine, Sample  # noqa: E402
 from mindgap.schemas import Problem  # noqa: E402
-from services.rewriter.engines.base import Engine, Sample  # noqa: E402
 
 OUTPUT = PROJECT_ROOT / "benchmarks/results/queue_throughput.json"
 TARGET_EXAMPLES_PER_S = 2000.0
@@ -63,8 +62,8 @@ class InstantEngine(Engine):
 
 def run_worker(url: str, prefix: str, name: str, high: int, low: int, latency_file: str) -> None:
     """Worker process body: the production Worker with the instant engine."""
-    from services.rewriter.worker import Worker
-    from services.verifier.pool import LocalVerifier
+    from mindgap.rewriter.worker import Worker
+    from mindgap.verifier.pool import LocalVerifier
 
     queue = Queue.from_url(url, prefix)
     pressure = Backpressure(queue, high, low, interval_s=0.05) if high > 0 else None

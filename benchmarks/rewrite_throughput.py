@@ -14,7 +14,7 @@ warm-up call are excluded from both sides. Done for the transformers and the vLL
 
 - with the real model (vLLM engine) on the same N GSM8K problems: tokens, samples, problems
   solved by self;
-- with ``tests/scripted.py``'s ``ScriptedEngine`` + ``bernoulli_script(p)`` (per-sample
+- with ``mindgap.rewriter.engines.scripted.ScriptedEngine`` + ``bernoulli_script(p)`` (per-sample
   success p) on synthetic problems tagged ``ANSWER=<n>``, verified by the real
   ``LocalVerifier``: tokens and yield (fraction with a correct response) of each; target at
   p = 0.6: fixed / adaptive tokens >= 2.
@@ -37,23 +37,22 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # so ``services`` and ``tests`` import as a script
-    sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks._machine import (  # noqa: E402
+from _machine import (  # noqa: E402
     DEFAULT_DATA_DIR,
     RESULTS,
     format_table,
     machine_info,
     verdict,
 )
+
 from mindgap.datasets import read_problems  # noqa: E402
+from mindgap.rewriter.aligner import Aligner  # noqa: E402
+from mindgap.rewriter.engines.base import Engine, Sample  # noqa: E402
+from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script  # noqa: E402
+from mindgap.rewriter.rewrite import rewrite  # noqa: E402
 from mindgap.schemas import Problem, RewriteOptions  # noqa: E402
-from services.rewriter.aligner import Aligner  # noqa: E402
-from services.rewriter.engines.base import Engine, Sample  # noqa: E402
-from services.rewriter.rewrite import rewrite  # noqa: E402
-from services.verifier.pool import LocalVerifier  # noqa: E402
-from tests.scripted import ScriptedEngine, bernoulli_script  # noqa: E402
+from mindgap.verifier.pool import LocalVerifier  # noqa: E402
 
 DEFAULT_OUTPUT = RESULTS / "rewrite_throughput.json"
 TARGET_RATIO = 0.9
@@ -134,10 +133,10 @@ def replay(engine: Engine, calls: Sequence[Call]) -> tuple[float, int, list[int]
 def make_engine(kind: str, seed: int) -> Engine:
     """The engine under test (start-up is not timed)."""
     if kind == "vllm":
-        from services.rewriter.engines.vllm_engine import VLLMEngine
+        from mindgap.rewriter.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(seed=seed)
-    from services.rewriter.engines.transformers_engine import TransformersEngine
+    from mindgap.rewriter.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine()
 

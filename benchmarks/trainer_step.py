@@ -1,11 +1,12 @@
 """Trainer step time and peak memory for the sft, dft and is losses on the same batches.
 
-Each run is ``trainer.loop.train`` itself (collation, forward, loss, backward, clipping, fused
-AdamW, metrics), in a fresh process, on a randomly initialised Llama and the same synthetic
-aligned examples (``trainer.testing``: a third each self, guided and expert; behavior
-log-probs on the model responses), in file order, one micro-batch per step. Step times are
-the loop's own ``step_s`` after ``--warmup`` steps; the runs go round-robin (``--rounds``,
-order rotated each round) so drift hits every loss alike; the table shows medians.
+Each run is ``mindgap.trainer.loop.train`` itself (collation, forward, loss, backward,
+clipping, fused AdamW, metrics), in a fresh process, on a randomly initialised Llama and the
+same synthetic aligned examples (``mindgap.trainer.testing``: a third each self, guided and
+expert; behavior log-probs on the model responses), in file order, one micro-batch per step.
+Step times are the loop's own ``step_s`` after ``--warmup`` steps; the runs go round-robin
+(``--rounds``, order rotated each round) so drift hits every loss alike; the table shows
+medians.
 
 - ``--size small`` (the CPU default): hidden 256, 4 layers, vocabulary 8192, 8 examples x 256
   tokens per step, fp32.
@@ -36,10 +37,8 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # so ``trainer`` and ``benchmarks`` import as a script
-    sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks._machine import RESULTS, format_table, machine_info, verdict  # noqa: E402
+from _machine import RESULTS, format_table, machine_info, verdict  # noqa: E402
 
 LOSSES = ("sft", "dft", "is")
 TARGET_OVERHEAD = 0.05
@@ -89,10 +88,10 @@ def run_one(loss: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train ``warmup + steps`` steps with ``loss`` in this process; the measurements."""
     import torch
 
-    from trainer.config import TrainConfig
-    from trainer.loop import train
-    from trainer.sources import FileSource
-    from trainer.testing import char_tokenizer, synthetic_examples
+    from mindgap.trainer.config import TrainConfig
+    from mindgap.trainer.loop import train
+    from mindgap.trainer.sources import FileSource
+    from mindgap.trainer.testing import char_tokenizer, synthetic_examples
 
     size = SIZES[args.size]
     per_step = args.examples or size["examples"]

@@ -45,18 +45,17 @@ import httpx
 from tqdm import tqdm
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # so ``services`` imports when run as a script
-    sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks._machine import (  # noqa: E402
+from _machine import (  # noqa: E402
     DEFAULT_DATA_DIR,
     RESULTS,
     format_table,
     machine_info,
     verdict,
 )
+
 from mindgap.schemas import VerifyBatchResponse, VerifyRequest, VerifyResult  # noqa: E402
-from services.verifier.pool import LocalVerifier  # noqa: E402
+from mindgap.verifier.pool import LocalVerifier  # noqa: E402
 
 DEFAULT_OUTPUT = RESULTS / "verifier_throughput.json"
 HTTP_CHUNK = 256
@@ -311,14 +310,11 @@ class VerifierServer:
         self.startup_s: float | None = None
 
     def __enter__(self) -> VerifierServer:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                          env.get("PYTHONPATH")]))
         start = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mindgap.cli", "serve", "verifier", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning"],
-            cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         try:
             self._wait_ready()

@@ -61,7 +61,7 @@ def verify(
     timeout: Annotated[float, typer.Option(help="Seconds allowed per item.")] = 5.0,
 ) -> None:
     """Check a response's final answer against a reference, in the sandbox; prints JSON."""
-    from services.verifier.pool import LocalVerifier
+    from mindgap.verifier.pool import LocalVerifier
 
     if batch is not None:
         if response or response_file or reference:
@@ -82,7 +82,7 @@ def _verify_batch(path: Path, workers: int | None, timeout: float) -> None:
 
     from tqdm import tqdm
 
-    from services.verifier.pool import LocalVerifier
+    from mindgap.verifier.pool import LocalVerifier
 
     items = _read_verify_items(path)
     reasons: Counter[str] = Counter()
@@ -112,7 +112,7 @@ def serve_verifier(
     import uvicorn
 
     from mindgap.config import VerifierSettings
-    from services.verifier.app import create_app
+    from mindgap.verifier.app import create_app
 
     overrides = {k: v for k, v in {"workers": workers, "timeout_s": timeout}.items()
                  if v is not None}
@@ -162,12 +162,12 @@ def rewrite(
 ) -> None:
     """Keep the model's own solution, else a guided one, else the expert's (embedded mode)."""
     from mindgap.datasets import DatasetError, read_problems
+    from mindgap.rewriter.aligner import Aligner
+    from mindgap.rewriter.engines import make_engine
+    from mindgap.rewriter.prompts import PromptTemplates, TemplateError
+    from mindgap.rewriter.rewrite import OutputExistsError
+    from mindgap.rewriter.rewrite import rewrite as run_rewrite
     from mindgap.schemas import RewriteOptions
-    from services.rewriter.aligner import Aligner
-    from services.rewriter.engines import make_engine
-    from services.rewriter.prompts import PromptTemplates, TemplateError
-    from services.rewriter.rewrite import OutputExistsError
-    from services.rewriter.rewrite import rewrite as run_rewrite
 
     if engine not in ("transformers", "vllm", "openai"):
         _fail(f"--engine must be transformers, vllm or openai, not {engine!r}")
@@ -213,10 +213,10 @@ def _verifier(url: str | None):  # -> LocalVerifier | VerifierClient
 
     url = url or os.environ.get("MINDGAP_VERIFIER_URL")
     if url:
-        from services.verifier.client import VerifierClient
+        from mindgap.verifier.client import VerifierClient
 
         return VerifierClient(url, api_key=os.environ.get("MINDGAP_API_KEY"))
-    from services.verifier.pool import LocalVerifier
+    from mindgap.verifier.pool import LocalVerifier
 
     return LocalVerifier()
 
@@ -231,7 +231,7 @@ def gap(
     out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
 ) -> None:
     """Show the policy gap: kept responses vs expert solutions under the model, per source."""
-    from services.rewriter.gap import gap_command
+    from mindgap.rewriter.gap import gap_command
 
     try:
         gap_command(model, data, plot=plot, out_json=out, echo=typer.echo)
@@ -265,8 +265,8 @@ def worker(
     import socket
 
     from mindgap.queue import Backpressure, Queue
-    from services.rewriter.engines import make_engine
-    from services.rewriter.worker import Worker
+    from mindgap.rewriter.engines import make_engine
+    from mindgap.rewriter.worker import Worker
 
     if engine not in ("transformers", "vllm", "openai"):
         _fail(f"--engine must be transformers, vllm or openai, not {engine!r}")
@@ -415,11 +415,11 @@ def train(
     """Fine-tune on aligned examples (files, or the live Redis stream) with the sft, dft or
     importance-sampled (is) loss.
 
-    For every option (warm-up, clipping, checkpoints, FSDP) use `python -m trainer --help`;
-    for many processes: `torchrun --nproc_per_node N -m trainer ...`.
+    For every option (warm-up, clipping, checkpoints, FSDP) use `python -m mindgap.trainer --help`;
+    for many processes: `torchrun --nproc_per_node N -m mindgap.trainer ...`.
     """
-    from services.rewriter.model_store import resolve_model
-    from trainer import train_command
+    from mindgap.rewriter.model_store import resolve_model
+    from mindgap.trainer import train_command
 
     if loss not in ("sft", "dft", "is"):
         _fail(f"--loss must be sft, dft or is, not {loss!r}")
@@ -438,7 +438,7 @@ def train(
 @model_app.command("prepare")
 def model_prepare(force: Annotated[bool, typer.Option(help="Convert again.")] = False) -> None:
     """Convert the packaged SmolLM2 GGUF to a safetensors folder in the cache (once)."""
-    from services.rewriter.model_store import prepare_default_model
+    from mindgap.rewriter.model_store import prepare_default_model
 
     typer.echo(str(prepare_default_model(force=force)))
 
@@ -456,7 +456,7 @@ def serve_rewriter(
     """
     import uvicorn
 
-    from services.rewriter.app import create_app
+    from mindgap.rewriter.app import create_app
 
     uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
 

@@ -15,14 +15,11 @@ import ast
 import operator
 import random
 import re
-import sys
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 from mindgap.datasets import derive_answer, read_problems, write_jsonl  # noqa: E402
 from mindgap.schemas import Problem  # noqa: E402
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from services.rewriter.engines.base import Engine, Sample
-from services.rewriter.model_store import resolve_model
+from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.model_store import resolve_model
 
 QUESTIONS = ["What is 12 + 7? Put the final answer in \\boxed{}.",
              "A farmer has 3 cows and buys 4 more. How many cows does the farmer have?"]

@@ -18,9 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def subprocess_env() -> dict[str, str]:
-    """Environment of a ``python -m trainer`` subprocess: the project importable, offline,
-    one thread."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+    """Environment of a ``python -m mindgap.trainer`` subprocess: offline, one thread."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

@@ -10,10 +10,10 @@ import sys
 import time
 
 from mindgap.queue import Queue
-from services.rewriter.engines.base import Sample
-from services.rewriter.worker import Worker
-from services.verifier.pool import LocalVerifier
-from tests.scripted import ScriptedEngine
+from mindgap.rewriter.engines.base import Sample
+from mindgap.rewriter.engines.scripted import ScriptedEngine
+from mindgap.rewriter.worker import Worker
+from mindgap.verifier.pool import LocalVerifier
 
 
 class SlowScriptedEngine(ScriptedEngine):

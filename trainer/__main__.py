@@ -1,10 +1,10 @@
-"""``python -m trainer --data aligned.jsonl --model PATH --loss is --max-steps 100 --out DIR``
+"""``python -m mindgap.trainer --data aligned.jsonl --model PATH --loss is --out DIR``
 
 (or ``--redis redis://host:6379/0 --job ID`` instead of ``--data``: the live stream.)
 
 Every ``TrainConfig`` field is a flag (``max_steps`` -> ``--max-steps``; booleans take
 ``--x`` / ``--no-x``); ``--resume`` alone means ``--resume latest``. Run it under
-``torchrun --nproc_per_node N -m trainer ...`` for several processes. Prints the summary as
+``torchrun --nproc_per_node N -m mindgap.trainer ...`` for several processes. Prints the summary as
 JSON on the last line (rank 0).
 """
 
@@ -20,7 +20,7 @@ import types
 import typing
 from typing import Any
 
-from trainer.config import TrainConfig
+from mindgap.trainer.config import TrainConfig
 
 
 def _base_type(annotation: Any) -> Any:
@@ -34,7 +34,7 @@ def _base_type(annotation: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m trainer", description="Fine-tune a causal LM on mindgap's aligned "
+        prog="python -m mindgap.trainer", description="Fine-tune a causal LM on mindgap's aligned "
         "examples with the sft, dft or is loss (DESIGN.md).")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --data FILE... or --redis URL (the live stream), one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    from trainer.loop import train
+    from mindgap.trainer.loop import train
 
     try:
         config = TrainConfig.from_dict(vars(args))

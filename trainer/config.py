@@ -1,7 +1,7 @@
 """Training configuration: one dataclass, documented field by field (after TRL's SFTConfig).
 
 Each field's ``metadata["help"]`` is its documentation and the help of its flag in
-``python -m trainer`` (``--max-steps`` for ``max_steps``, and so on).
+``python -m mindgap.trainer`` (``--max-steps`` for ``max_steps``, and so on).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _f(default: Any, help: str, **kwargs: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Everything ``trainer.loop.train`` needs. Defaults suit a small model on one machine."""
+    """Everything ``mindgap.trainer.loop.train`` needs; defaults suit a small model on one host."""
 
     # --- data ---------------------------------------------------------------------------
     data: list[str] = field(default_factory=list, metadata={
@@ -45,7 +45,7 @@ class TrainConfig:
                             "as max_steps needs).")
     max_length: int = _f(2048, "Most tokens of prompt plus response. Longer examples keep "
                          "the whole prompt and lose the response's tail; an example whose "
-                         "prompt alone fills max_length is dropped (see trainer.collate).")
+                         "prompt alone fills max_length is dropped (see mindgap.trainer.collate).")
     # --- model --------------------------------------------------------------------------
     model: str = _f("", "Model to train: a local folder or a hub name, loaded with "
                     "AutoModelForCausalLM. The trainer does not know mindgap's default model "

@@ -3,11 +3,11 @@
 One optimizer step:
 
 1. every rank takes its share of the next ``global_batch`` examples from the source and
-   encodes them (``trainer.collate``); the global count of response tokens ``N`` is
+   encodes them (``mindgap.trainer.collate``); the global count of response tokens ``N`` is
    all-reduced;
 2. the share is packed into micro-batches of at most ``batch_tokens`` padded tokens; every
    rank runs as many micro-batches as the busiest rank (empty ones where it has fewer), each
-   contributing ``sum(w * -log p) / N`` to the gradient (``trainer.losses``), so the summed
+   contributing ``sum(w * -log p) / N`` to the gradient (``mindgap.trainer.losses``), so the summed
    gradient is that of the global token mean whatever the split;
 3. gradients are summed over ranks (FSDP2 reduce-scatter with divide factor 1, or an
    all-reduce in ``allreduce`` mode), clipped, AdamW steps, the cosine schedule steps, and
@@ -41,11 +41,18 @@ import torch
 import torch.distributed as dist
 
 from mindgap.schemas import AlignedExample
-from trainer import checkpoint as ckpt
-from trainer.collate import Dropped, Encoded, collate, dummy_batch, encode_example, micro_batches
-from trainer.config import TrainConfig
-from trainer.losses import SOURCES, LossStats, response_logprobs, token_loss
-from trainer.sources import FileSource, Source
+from mindgap.trainer import checkpoint as ckpt
+from mindgap.trainer.collate import (
+    Dropped,
+    Encoded,
+    collate,
+    dummy_batch,
+    encode_example,
+    micro_batches,
+)
+from mindgap.trainer.config import TrainConfig
+from mindgap.trainer.losses import SOURCES, LossStats, response_logprobs, token_loss
+from mindgap.trainer.sources import FileSource, Source
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +169,7 @@ def build_source(config: TrainConfig, ctx: DistContext) -> Source:
     """The files of ``config.data``, or the Redis stream of ``config.redis``."""
     if config.redis:
         from mindgap.queue import Queue
-        from trainer.redis_source import RedisSource
+        from mindgap.trainer.redis_source import RedisSource
 
         consumer = config.redis_consumer or "trainer-" + hashlib.sha1(
             str(Path(config.out).resolve()).encode()).hexdigest()[:12]

@@ -40,7 +40,7 @@ def response_logprobs(logits: torch.Tensor, targets: torch.Tensor,
     """``log p(targets)`` at every position, in float32; 0 where ``mask`` is False.
 
     ``logits`` is ``(B, L, V)`` and already aligned with ``targets`` ``(B, L)`` (position
-    ``i`` predicts ``targets[:, i]``; see ``trainer.collate``). Only masked positions go
+    ``i`` predicts ``targets[:, i]``; see ``mindgap.trainer.collate``). Only masked positions go
     through the float32 log-softmax, so the memory cost is ``tokens * V``, not ``B * L * V``.
     """
     mask = mask.bool()
@@ -91,7 +91,7 @@ class LossStats:
     loss_sum, w_sum, w2_sum`` (``loss_sum`` is the sum of ``w * -log p``, not yet divided).
     ``maxes`` is ``(4,)``, the largest weight per group (``-inf`` for an empty group).
     Add stats of micro-batches with ``+``; across ranks, all-reduce ``sums`` with SUM and
-    ``maxes`` with MAX (``trainer.loop`` does).
+    ``maxes`` with MAX (``mindgap.trainer.loop`` does).
     """
 
     sums: torch.Tensor

@@ -30,7 +30,7 @@ from typing import Any
 
 from mindgap.queue import FINISHED, Queue, entry_order
 from mindgap.schemas import AlignedExample
-from trainer.sources import Source
+from mindgap.trainer.sources import Source
 
 log = logging.getLogger(__name__)
 

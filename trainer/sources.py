@@ -1,7 +1,7 @@
 """Where training examples come from, with a position that checkpoints can save.
 
 ``Source`` is the interface the loop uses; ``FileSource`` reads JSON lines or Parquet files
-of ``AlignedExample``; ``trainer.redis_source.RedisSource`` reads the live Redis stream.
+of ``AlignedExample``; ``mindgap.trainer.redis_source.RedisSource`` reads the live Redis stream.
 
 Protocol of one optimizer step, on every rank::
 

@@ -16,6 +16,8 @@ from difflib import SequenceMatcher
 from typing import Protocol
 
 from mindgap.answers import derive_answer
+from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.prompts import PromptTemplates
 from mindgap.schemas import (
     AlignedExample,
     AttemptCounts,
@@ -29,8 +31,6 @@ from mindgap.schemas import (
     VerifyRequest,
     VerifyResult,
 )
-from services.rewriter.engines.base import Engine, Sample
-from services.rewriter.prompts import PromptTemplates
 
 
 class Verifier(Protocol):

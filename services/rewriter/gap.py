@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from mindgap.rewriter.engines.base import Engine
 from mindgap.schemas import AlignedExample
-from services.rewriter.engines.base import Engine
 
 if TYPE_CHECKING:
-    from services.rewriter.engines.transformers_engine import TransformersEngine
+    from mindgap.rewriter.engines.transformers_engine import TransformersEngine
 
 GROUPS = ("self", "guided", "expert", "all", "expert_solutions")
 """Report groups: kept responses by source, all kept responses, and the expert originals."""
@@ -126,7 +126,7 @@ def _score_batched(engine: Engine, keys: list[_Key], batch_size: int, max_batch_
     """Score many sequences; right-padded batches for the transformers engine, else one by one."""
     from tqdm import tqdm
 
-    from services.rewriter.engines.transformers_engine import TransformersEngine
+    from mindgap.rewriter.engines.transformers_engine import TransformersEngine
 
     out: dict[_Key, list[float]] = {}
     bar = tqdm(total=len(keys), desc="score", unit="seq", file=sys.stderr,
@@ -317,7 +317,7 @@ def gap_command(model: str | None, data: str | Path, plot: str | Path | None = N
                 device: str | None = None, progress: bool = True,
                 echo: Callable[[str], object] = print) -> GapReport:
     """``mindgap gap``: score ``data`` under ``model``, print the table, write PNG/JSON if asked."""
-    from services.rewriter.engines.transformers_engine import TransformersEngine
+    from mindgap.rewriter.engines.transformers_engine import TransformersEngine
 
     examples = read_aligned(data)
     engine = TransformersEngine(model, device=device)

@@ -12,8 +12,8 @@ from typing import Any
 from tqdm import tqdm
 
 from mindgap.datasets import append_jsonl, read_jsonl_ids
+from mindgap.rewriter.aligner import Aligner, RoundDone
 from mindgap.schemas import Problem
-from services.rewriter.aligner import Aligner, RoundDone
 
 
 class OutputExistsError(RuntimeError):

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from mindgap.schemas import VerifyResult
 
 if TYPE_CHECKING:
-    from services.verifier.client import VerifierClient
-    from services.verifier.pool import LocalVerifier
+    from mindgap.verifier.client import VerifierClient
+    from mindgap.verifier.pool import LocalVerifier
 
 __all__ = ["LocalVerifier", "VerifierClient", "default_verifier", "verify"]
 
@@ -27,7 +27,7 @@ def default_verifier() -> LocalVerifier:
     global _default
     with _lock:
         if _default is None:
-            from services.verifier.pool import LocalVerifier
+            from mindgap.verifier.pool import LocalVerifier
 
             _default = LocalVerifier()
             atexit.register(_default.close)
@@ -41,11 +41,11 @@ def verify(response: str, reference: str) -> VerifyResult:
 
 def __getattr__(name: str) -> object:
     if name == "LocalVerifier":
-        from services.verifier.pool import LocalVerifier
+        from mindgap.verifier.pool import LocalVerifier
 
         return LocalVerifier
     if name == "VerifierClient":
-        from services.verifier.client import VerifierClient
+        from mindgap.verifier.client import VerifierClient
 
         return VerifierClient
     raise AttributeError(name)

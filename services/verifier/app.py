@@ -20,8 +20,8 @@ from mindgap.schemas import (
     VerifyRequest,
     VerifyResult,
 )
-from services.verifier.metrics import VerifierMetrics
-from services.verifier.pool import LocalVerifier
+from mindgap.verifier.metrics import VerifierMetrics
+from mindgap.verifier.pool import LocalVerifier
 
 READY_PROBE_TIMEOUT_S = 10.0
 

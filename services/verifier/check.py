@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from mindgap.schemas import VerifyReason, VerifyResult
-from services.verifier.equivalence import answers_equal
-from services.verifier.extract import extract_answer, reference_answer
-from services.verifier.normalize import brace_depth
+from mindgap.verifier.equivalence import answers_equal
+from mindgap.verifier.extract import extract_answer, reference_answer
+from mindgap.verifier.normalize import brace_depth
 
 MAX_ANSWER_CHARS = 1000
 """Longer extracted answers are rejected as ``too_long`` (no real final answer is this long)."""

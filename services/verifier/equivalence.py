@@ -10,7 +10,7 @@ import logging
 from functools import lru_cache
 from typing import Any
 
-from services.verifier.normalize import as_number, canonical_string, numbers_equal
+from mindgap.verifier.normalize import as_number, canonical_string, numbers_equal
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.verifier.pool import LocalVerifier
+from mindgap.verifier.pool import LocalVerifier
 
 
 class _PoolCollector(Collector):

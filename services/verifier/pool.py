@@ -20,12 +20,11 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mindgap.config import VerifierSettings
 from mindgap.schemas import VerifyReason, VerifyRequest, VerifyResult
-from services.verifier.channel import Channel
-from services.verifier.sandbox import SandboxLimits
+from mindgap.verifier.channel import Channel
+from mindgap.verifier.sandbox import SandboxLimits
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +34,6 @@ READY_TIMEOUT_S = 60.0
 CHUNK = 64
 """Most items sent to one worker in one message (results stream back one by one)."""
 _WARNED_NO_NETNS = False
-
-
-def _project_root() -> str:
-    """The folder holding the ``services`` package, so workers import the same code."""
-    return str(Path(__file__).resolve().parents[2])
 
 
 class WorkerDied(RuntimeError):
@@ -75,15 +69,12 @@ class _Worker:
         """Launch the process; it gets ready (imports, sandbox set-up) in the background."""
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_project_root(),
-                                                          env.get("PYTHONPATH")]))
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.verifier.sandbox", str(to_child_r),
+                [sys.executable, "-m", "mindgap.verifier.sandbox", str(to_child_r),
                  str(to_parent_w), str(self._limits.memory_mb)],
                 pass_fds=(to_child_r, to_parent_w), start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             )
         finally:
             os.close(to_child_r)

@@ -1,6 +1,6 @@
 """The sandboxed worker process: resource limits, no network, a deadline per item.
 
-Run as ``python -m services.verifier.sandbox READ_FD WRITE_FD MEMORY_MB`` by the pool.
+Run as ``python -m mindgap.verifier.sandbox READ_FD WRITE_FD MEMORY_MB`` by the pool.
 Messages are JSON (never pickle, so a subverted worker cannot run code in the parent).
 """
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mindgap.schemas import VerifyReason, VerifyResult
-from services.verifier.channel import Channel
-from services.verifier.check import check
-from services.verifier.equivalence import warm_up
+from mindgap.verifier.channel import Channel
+from mindgap.verifier.check import check
+from mindgap.verifier.equivalence import warm_up
 
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000

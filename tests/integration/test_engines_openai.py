@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.rewriter.engines.openai_engine import OpenAIEngine
-from services.rewriter.model_store import resolve_model
+from mindgap.rewriter.engines.openai_engine import OpenAIEngine
+from mindgap.rewriter.model_store import resolve_model
 from tests.conftest import free_port
 from tests.engine_contract import (
     QUESTIONS,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.rewriter.engines.transformers_engine import TransformersEngine
+from mindgap.rewriter.engines.transformers_engine import TransformersEngine
 from tests.engine_contract import abs_errors, check_samples, check_top_p_renormalised
 
 pytestmark = pytest.mark.slow

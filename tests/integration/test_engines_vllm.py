@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.rewriter.engines.vllm_engine import VLLMEngine
+from mindgap.rewriter.engines.vllm_engine import VLLMEngine
 from tests.engine_contract import (
     MAX_TOKENS,
     QUESTIONS,

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mindgap.datasets import write_jsonl
+from mindgap.rewriter.gap import GROUPS, GapReport, format_gap, gap_command, measure_gap, plot_gap
+from mindgap.rewriter.prompts import PromptTemplates
 from mindgap.schemas import (
     AlignedExample,
     AttemptCounts,
@@ -19,11 +21,9 @@ from mindgap.schemas import (
     Source,
     Timings,
 )
-from services.rewriter.gap import GROUPS, GapReport, format_gap, gap_command, measure_gap, plot_gap
-from services.rewriter.prompts import PromptTemplates
 
 if TYPE_CHECKING:
-    from services.rewriter.engines.transformers_engine import TransformersEngine
+    from mindgap.rewriter.engines.transformers_engine import TransformersEngine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,7 +50,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def engine() -> TransformersEngine:
-    from services.rewriter.engines.transformers_engine import TransformersEngine
+    from mindgap.rewriter.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(None, device="cpu")
 

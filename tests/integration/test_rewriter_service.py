@@ -68,7 +68,7 @@ def service(queue: Queue, prefix: str) -> Iterator[Service]:
     env.update({"MINDGAP_API_KEY": "test-key", "MINDGAP_REWRITER_PREFIX": prefix,
                 "MINDGAP_REWRITER_REDIS_URL": URL,
                 "MINDGAP_REWRITER_MAX_BODY_BYTES": str(1024 * 1024)})
-    code = ("import uvicorn; from services.rewriter.app import create_app; "
+    code = ("import uvicorn; from mindgap.rewriter.app import create_app; "
             f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')")
     process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
     svc = Service(process, f"http://127.0.0.1:{port}")

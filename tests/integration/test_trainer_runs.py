@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mindgap.trainer.config import TrainConfig
+from mindgap.trainer.loop import train
+from mindgap.trainer.sources import FileSource
+from mindgap.trainer.testing import save_tiny_model, synthetic_examples, write_jsonl
 from tests.training import ROOT, kill_when, max_diff, steps, subprocess_env, weights
-from trainer.config import TrainConfig
-from trainer.loop import train
-from trainer.sources import FileSource
-from trainer.testing import save_tiny_model, synthetic_examples, write_jsonl
 
 TRAIN_ARGS = ["--loss", "is", "--max-steps", "6", "--global-batch", "6", "--batch-tokens", "40",
               "--lr", "1e-2", "--warmup-steps", "2", "--no-progress", "--log-example-ids"]
@@ -44,9 +44,9 @@ def whole_run(setup) -> Path:
 def _cli(args: list[str], nproc: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--standalone", "-m", "trainer", *args]
+               "--standalone", "-m", "mindgap.trainer", *args]
     else:
-        cmd = [sys.executable, "-m", "trainer", *args]
+        cmd = [sys.executable, "-m", "mindgap.trainer", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -92,7 +92,7 @@ def test_killed_run_resumes_exactly(setup, whole_run):
     base, model, data = setup
     whole = whole_run  # TRAIN_ARGS are _config's defaults
     out = base / "killed"
-    cmd = [sys.executable, "-m", "trainer", "--data", str(data), "--model", str(model),
+    cmd = [sys.executable, "-m", "mindgap.trainer", "--data", str(data), "--model", str(model),
            "--out", str(out), "--save-every", "1", "--keep-last", "2", *TRAIN_ARGS]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -134,9 +134,9 @@ def test_smollm2_smoke_lowers_the_loss(tmp_path):
     """3 steps of the real SmolLM2-135M on 8 short aligned examples lower their loss."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mindgap.rewriter.model_store import resolve_model
     from mindgap.schemas import Behavior, SamplingParams
-    from services.rewriter.model_store import resolve_model
-    from trainer.loop import evaluate
+    from mindgap.trainer.loop import evaluate
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mindgap.schemas import VerifyReason, VerifyRequest
-from services.verifier.pool import LocalVerifier
+from mindgap.verifier.pool import LocalVerifier
 
 TIMEOUT_S = 2.0
 
@@ -119,7 +119,7 @@ def test_item_errors_when_worker_dies_twice() -> None:
 
 
 def test_workers_have_no_network_and_limits() -> None:
-    from services.verifier.sandbox import SandboxLimits, _apply_limits, _isolate_network
+    from mindgap.verifier.sandbox import SandboxLimits, _apply_limits, _isolate_network
 
     # Checked in a throwaway child: the same set-up the workers run.
     pid = os.fork()

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from mindgap.schemas import VerifyResult
-from services.verifier.check import check
-from services.verifier.extract import last_boxed
+from mindgap.verifier.check import check
+from mindgap.verifier.extract import last_boxed
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks"
 ITEM_TIMEOUT_S = 5

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from mindgap.schemas import VerifyRequest
-from services.verifier.client import VerifierClient, VerifierError
+from mindgap.verifier.client import VerifierClient, VerifierError
 from tests.conftest import ROOT, Service
 
 AUTH = {"Authorization": "Bearer test-key"}

@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from mindgap.rewriter.aligner import Aligner, RoundDone, longest_common_substring
+from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script
 from mindgap.schemas import Problem, RewriteOptions
-from services.rewriter.aligner import Aligner, RoundDone, longest_common_substring
-from services.verifier.pool import LocalVerifier
-from tests.scripted import ScriptedEngine, TimeoutVerifier, bernoulli_script
+from mindgap.verifier.pool import LocalVerifier
+from tests.scripted import TimeoutVerifier
 
 SOLUTION = ("Each box holds 6 eggs and there are 7 boxes, so the farmer has 6 * 7 = 42 eggs "
             "in total.\n#### 42")

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from trainer.__main__ import build_parser, main
-from trainer.config import TrainConfig
-from trainer.loop import build_scheduler
+from mindgap.trainer.__main__ import build_parser, main
+from mindgap.trainer.config import TrainConfig
+from mindgap.trainer.loop import build_scheduler
 
 
 def test_every_field_is_documented_and_a_flag():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mindgap.schemas import Behavior, SamplingParams
-from trainer.collate import Dropped, Encoded, collate, encode_example, micro_batches
-from trainer.sources import FileSource
-from trainer.testing import char_tokenizer, synthetic_examples, write_jsonl
+from mindgap.trainer.collate import Dropped, Encoded, collate, encode_example, micro_batches
+from mindgap.trainer.sources import FileSource
+from mindgap.trainer.testing import char_tokenizer, synthetic_examples, write_jsonl
 
 
 @pytest.fixture(scope="module")

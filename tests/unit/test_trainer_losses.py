@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from trainer.collate import collate, encode_example
-from trainer.losses import (
+from mindgap.trainer.collate import collate, encode_example
+from mindgap.trainer.losses import (
     LossStats,
     loss_from_logits,
     response_logprobs,
     token_loss,
     token_weights,
 )
-from trainer.testing import char_tokenizer, synthetic_examples, tiny_llama
+from mindgap.trainer.testing import char_tokenizer, synthetic_examples, tiny_llama
 
 torch.set_num_threads(1)
 

@@ -7,10 +7,10 @@ from fractions import Fraction
 import pytest
 
 from mindgap.schemas import VerifyReason
-from services.verifier.check import check
-from services.verifier.equivalence import answers_equal
-from services.verifier.extract import TAIL_CHARS, extract_answer, last_boxed, reference_answer
-from services.verifier.normalize import as_number, canonical_string, numbers_equal
+from mindgap.verifier.check import check
+from mindgap.verifier.equivalence import answers_equal
+from mindgap.verifier.extract import TAIL_CHARS, extract_answer, last_boxed, reference_answer
+from mindgap.verifier.normalize import as_number, canonical_string, numbers_equal
 
 # ---- extraction ---------------------------------------------------------------------
 

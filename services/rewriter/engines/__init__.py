@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from services.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.engines.base import Engine, Sample
 
 EngineKind = Literal["transformers", "vllm", "openai"]
 
@@ -14,15 +14,15 @@ __all__ = ["Engine", "EngineKind", "Sample", "make_engine"]
 def make_engine(kind: EngineKind, model: str | None = None, **options: Any) -> Engine:
     """Build an engine by name; heavy libraries are imported only for the one chosen."""
     if kind == "transformers":
-        from services.rewriter.engines.transformers_engine import TransformersEngine
+        from mindgap.rewriter.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(model=model, **options)
     if kind == "vllm":
-        from services.rewriter.engines.vllm_engine import VLLMEngine
+        from mindgap.rewriter.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(model=model, **options)
     if kind == "openai":
-        from services.rewriter.engines.openai_engine import OpenAIEngine
+        from mindgap.rewriter.engines.openai_engine import OpenAIEngine
 
         return OpenAIEngine(model=model, **options)
     raise ValueError(f"unknown engine {kind!r}: choose transformers, vllm or openai")

@@ -28,8 +28,8 @@ from typing import Any
 
 import httpx
 
-from services.rewriter.engines.base import Engine, Sample
-from services.rewriter.model_store import DEFAULT_MODEL, resolve_model
+from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.model_store import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
 

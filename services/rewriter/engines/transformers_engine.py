@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.rewriter.engines.base import Engine, Sample
-from services.rewriter.model_store import resolve_model
+from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.model_store import resolve_model
 
 
 class TransformersEngine(Engine):

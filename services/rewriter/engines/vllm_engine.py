@@ -22,8 +22,8 @@ import os
 import threading
 from typing import Any
 
-from services.rewriter.engines.base import Engine, Sample
-from services.rewriter.model_store import DEFAULT_MODEL, resolve_model
+from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.model_store import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,0 @@
-"""mindgap services: the math verifier and the rewriter."""

@@ -1,0 +1,57 @@
+"""A scripted engine: answers set in advance (benchmarks of the aligner's scheduling, tests).
+
+Its answers come from a ``Script``; token ids are character codes and every token's
+log-probability is a fixed small number, so the aligner's logic runs without a model.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from mindgap.rewriter.engines.base import Engine, Sample
+
+Script = Callable[[str, int], str]
+"""(prompt, call index) -> response text."""
+
+
+class ScriptedEngine(Engine):
+    """Answers each prompt with a scripted text; token ids are character codes."""
+
+    def __init__(self, script: Script, policy_version: int = 0) -> None:
+        self.script = script
+        self.model_name = "scripted"
+        self.policy_version = policy_version
+        self.eos_token_id = 0
+        self.calls: list[tuple[int, int]] = []  # (prompts, n) per generate call
+
+    def render_chat(self, user_message: str) -> str:
+        return f"<user>{user_message}</user><assistant>"
+
+    def tokenize(self, text: str) -> list[int]:
+        return [ord(ch) for ch in text]
+
+    def generate(self, prompts: list[str], n: int, temperature: float = 1.0, top_p: float = 1.0,
+                 max_tokens: int = 512, seed: int | None = None) -> list[list[Sample]]:
+        call = len(self.calls)
+        self.calls.append((len(prompts), n))
+        out = []
+        for prompt in prompts:
+            texts = [self.script(prompt, call * 1000 + j) for j in range(n)]
+            out.append([Sample(t, self.tokenize(t), [-0.1 * (1 + (len(t) % 3))] * len(t),
+                               "stop") for t in texts])
+        return out
+
+    def score(self, prompt: str, token_ids: list[int], temperature: float = 1.0) -> list[float]:
+        return [-0.1] * len(token_ids)
+
+
+def bernoulli_script(p: float, seed: int = 0) -> Script:
+    """Correct (``\\boxed{<answer>}`` per the prompt's 'ANSWER=' tag) with probability p."""
+    rng = random.Random(seed)
+
+    def script(prompt: str, index: int) -> str:
+        answer = prompt.split("ANSWER=")[1].split()[0]
+        return f"work... \\boxed{{{answer if rng.random() < p else 'wrong'}}}"
+
+    return script
