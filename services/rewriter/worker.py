@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from mindgap.jobs import live_workers, worker_gone, worker_heartbeat
 from mindgap.queue import Backpressure, Queue, Task
+from mindgap.rewriter.aligner import Aligner, Verifier
+from mindgap.rewriter.engines.base import Engine
 from mindgap.schemas import RewriteOptions
-from services.rewriter.aligner import Aligner, Verifier
-from services.rewriter.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,8 @@ class Worker:
         of the room left below the high-water mark (results still in flight count too)."""
         if self.backpressure is None:
             return self.batch_size
-        stats = self.queue.stats()
-        lag = stats["aligned_undelivered"] + stats["aligned_pending"]
-        room = self.backpressure.high_water - lag - stats["tasks_pending"]
+        in_flight = self.queue.stats()["tasks_pending"]
+        room = self.backpressure.high_water - self.queue.trainer_lag() - in_flight
         share = room // max(1, len(live_workers(self.queue)))
         return max(0, min(self.batch_size, share))
 

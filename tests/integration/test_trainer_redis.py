@@ -20,11 +20,11 @@ import torch
 
 from mindgap.queue import TRAINERS, Queue
 from mindgap.schemas import AlignedExample, Problem
+from mindgap.trainer.config import TrainConfig
+from mindgap.trainer.loop import train
+from mindgap.trainer.redis_source import RedisSource
+from mindgap.trainer.testing import save_tiny_model, synthetic_examples
 from tests.training import ROOT, kill_when, max_diff, steps, subprocess_env, weights
-from trainer.config import TrainConfig
-from trainer.loop import train
-from trainer.redis_source import RedisSource
-from trainer.testing import save_tiny_model, synthetic_examples
 
 URL = os.environ.get("MINDGAP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN = dict(loss="is", max_steps=6, global_batch=6, batch_tokens=40, lr=1e-2, warmup_steps=2,
@@ -180,14 +180,14 @@ def test_killed_run_loses_nothing(make_queue, model, whole_run, tmp_path):
             "--global-batch", "6", "--batch-tokens", "40", "--lr", "1e-2", "--warmup-steps",
             "2", "--no-progress", "--log-example-ids", "--redis-block-ms", "200"]
     env = subprocess_env()
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mindgap.trainer", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "metrics.jsonl"
     kill_when(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3)
     if (tmp_path / "final").exists():
         pytest.skip("the run finished before the kill landed")
     unacked = _pending(queue)  # delivered after the last checkpoint, trained or not
-    result = subprocess.run([sys.executable, "-m", "trainer", *args, "--resume"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "mindgap.trainer", *args, "--resume"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -244,7 +244,7 @@ def test_two_gloo_processes_read_the_stream_as_one(make_queue, model, whole_run,
     queue = make_queue()
     queue.publish_aligned(synthetic_examples(36))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--standalone", "-m", "trainer", "--redis", URL, "--redis-prefix", queue.prefix,
+           "--standalone", "-m", "mindgap.trainer", "--redis", URL, "--redis-prefix", queue.prefix,
            "--model", str(model), "--out", str(tmp_path), "--loss", "is", "--max-steps", "6",
            "--global-batch", "6", "--batch-tokens", "40", "--lr", "1e-2", "--warmup-steps",
            "2", "--no-progress", "--redis-block-ms", "200"]
@@ -252,4 +252,37 @@ def test_two_gloo_processes_read_the_stream_as_one(make_queue, model, whole_run,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert max_diff(weights(whole / "final"), weights(tmp_path / "final")) < 1e-5
+    assert _pending(queue) == 0 and queue.trainer_lag() == 0
+
+
+def test_backpressure_with_checkpoint_acks_does_not_stall(make_queue, model, tmp_path):
+    """Regression: a worker under backpressure (high_water 10) and a trainer that acknowledges
+    only at its final checkpoint (save_every 0). The worker used to count trained-but-unacked
+    entries as lag, so 40 problems stopped at 10 and the trainer waited forever."""
+    from mindgap.queue import Backpressure
+    from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script
+    from mindgap.rewriter.worker import Worker
+    from mindgap.verifier.pool import LocalVerifier
+
+    queue = make_queue()
+    problems = [Problem(id=f"p{i}", question=f"q{i} ANSWER={i}", solution=f"\\boxed{{{i}}}",
+                        answer=str(i)) for i in range(40)]
+    queue.create_job("stall", problems)
+    summary: dict = {}
+    trainer = threading.Thread(target=lambda: summary.update(train(_config(
+        model, queue, tmp_path, job="stall", max_steps=1000, global_batch=4, save_every=0))),
+        daemon=True)
+    with LocalVerifier(workers=1) as verifier:
+        worker = Worker(queue, ScriptedEngine(bernoulli_script(1.0)), verifier, "w0",
+                        batch_size=4, block_ms=100,
+                        backpressure=Backpressure(queue, 10, 5, interval_s=0.1))
+        runner = threading.Thread(target=worker.run, daemon=True)
+        runner.start()
+        trainer.start()
+        trainer.join(timeout=180)
+        worker.stop.set()
+        runner.join(timeout=30)
+    assert not trainer.is_alive(), f"trainer stalled: {queue.job_status('stall')}"
+    assert queue.job_status("stall")["status"] == "completed"
+    assert summary["stopped"] == "exhausted" and summary["examples"] == 40
     assert _pending(queue) == 0 and queue.trainer_lag() == 0
