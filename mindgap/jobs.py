@@ -1,4 +1,4 @@
-"""Jobs over HTTP: the rewriter API's settings, request/response models, worker heartbeats.
+"""Jobs over HTTP: the rewriter API's request/response models, worker heartbeats.
 
 Heartbeats: a worker calls :func:`worker_heartbeat` every few seconds; it sets
 ``<prefix>:workers:<consumer>`` with a TTL and records the expiry (Redis clock) in the sorted
@@ -12,7 +12,6 @@ import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mindgap.datasets import PRESETS
 from mindgap.queue import JobStatus, Queue
@@ -23,25 +22,6 @@ MAX_SYNC_ITEMS = 64
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
-
-
-class RewriterSettings(BaseSettings):
-    """How the rewriter API behaves (env vars ``MINDGAP_REWRITER_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="MINDGAP_REWRITER_", extra="ignore",
-                                      populate_by_name=True)
-
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="The queue's Redis.")
-    prefix: str = Field(default="mindgap", min_length=1, description="Key prefix of the queue.")
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
-                                description="Largest accepted HTTP request body.")
-    poll_interval_s: float = Field(default=0.2, gt=0, le=5,
-                                   description="Longest pause between job polls of "
-                                   "POST /v1/rewrite.")
-    verifier_url: str | None = Field(
-        default=None, validation_alias="MINDGAP_VERIFIER_URL",
-        description="The verifier service whose /readyz gates ours (env MINDGAP_VERIFIER_URL); "
-        "None: workers verify locally.")
 
 
 # --- Requests and responses -----------------------------------------------------------
@@ -244,7 +224,6 @@ __all__ = [
     "JobView",
     "RewriteRequest",
     "RewriteResponse",
-    "RewriterSettings",
     "job_view",
     "live_workers",
     "worker_gone",

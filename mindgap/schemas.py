@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -81,6 +81,9 @@ class VerifyBatchResponse(BaseModel):
 Source = Literal["self", "guided", "expert"]
 """Where a kept response came from (DESIGN.md): the model alone, the model with the
 expert solution as a hint, or the expert solution itself."""
+
+SOURCES: tuple[Source, ...] = get_args(Source)
+"""The three source names, in DESIGN.md's order of preference."""
 
 PromptKind = Literal["plain", "guided"]
 

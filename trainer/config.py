@@ -32,7 +32,7 @@ class TrainConfig:
                          "examples are trained on (examples of other jobs in the stream are "
                          "trained on too).")
     redis_prefix: str = _f("mindgap", "Key prefix of the queue (as the rewriter's "
-                           "MINDGAP_REWRITER_PREFIX).")
+                           "MINDGAP_QUEUE_PREFIX).")
     redis_consumer: str | None = _f(None, "Consumer name in the group 'trainers' (default: "
                                     "derived from the output folder, so a run restarted on "
                                     "the same folder re-reads what it had not acknowledged).")

@@ -32,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mindgap import __version__
-from mindgap.config import ServiceSettings
+from mindgap.config import QueueSettings, RewriterSettings, ServiceSettings, VerifierSettings
 from mindgap.datasets import (
     JSONL_SUFFIXES,
     PARQUET_SUFFIXES,
@@ -50,7 +50,6 @@ from mindgap.jobs import (
     JobView,
     RewriteRequest,
     RewriteResponse,
-    RewriterSettings,
     dataset_error_line,
     job_view,
     live_workers,
@@ -242,11 +241,19 @@ class RewriterMetrics:
 
 def create_app(queue: Queue | None = None, settings: RewriterSettings | None = None,
                service: ServiceSettings | None = None) -> FastAPI:
-    """Build the app; it owns (and closes) the queue unless one is passed in."""
+    """Build the app; it owns (and closes) the queue unless one is passed in.
+
+    Without arguments everything comes from the environment: ``QueueSettings`` (the queue),
+    ``RewriterSettings``, ``ServiceSettings`` and ``VerifierSettings.url`` (gates /readyz).
+    """
     settings = settings or RewriterSettings()
     service = service or ServiceSettings()
+    verifier_url = VerifierSettings().url
     owned = queue is None
-    jobs = queue or Queue.from_url(settings.redis_url, settings.prefix, create_groups=False)
+    if queue is None:
+        where = QueueSettings()
+        queue = Queue.from_url(where.redis_url, where.prefix, create_groups=False)
+    jobs = queue
     metrics = RewriterMetrics(jobs)
 
     @asynccontextmanager
@@ -424,8 +431,8 @@ def create_app(queue: Queue | None = None, settings: RewriterSettings | None = N
         except (redis.RedisError, TimeoutError) as exc:
             checks["redis"] = f"unreachable: {exc or type(exc).__name__}"
             ready = False
-        if settings.verifier_url:
-            url = settings.verifier_url.rstrip("/") + "/readyz"
+        if verifier_url:
+            url = verifier_url.rstrip("/") + "/readyz"
             try:
                 async with httpx.AsyncClient(timeout=READY_PROBE_TIMEOUT_S) as client:
                     code = (await client.get(url)).status_code

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from mindgap.config import ModelStoreSettings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 """The name that selects the packaged default model."""
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
-    """Where prepared models live: ``$MINDGAP_CACHE_DIR`` or ``~/.cache/mindgap``."""
-    return Path(os.environ.get("MINDGAP_CACHE_DIR", Path.home() / ".cache" / "mindgap"))
+    """Where prepared models live: ``ModelStoreSettings.cache_dir`` (``$MINDGAP_CACHE_DIR``)."""
+    return ModelStoreSettings().cache_dir
 
 
 def default_model_dir() -> Path:

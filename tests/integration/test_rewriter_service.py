@@ -65,8 +65,8 @@ def service(queue: Queue, prefix: str) -> Iterator[Service]:
     """The rewriter app under uvicorn, on the test prefix, with API key ``test-key``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MINDGAP_VERIFIER_URL"}
-    env.update({"MINDGAP_API_KEY": "test-key", "MINDGAP_REWRITER_PREFIX": prefix,
-                "MINDGAP_REWRITER_REDIS_URL": URL,
+    env.update({"MINDGAP_API_KEY": "test-key", "MINDGAP_QUEUE_PREFIX": prefix,
+                "MINDGAP_QUEUE_REDIS_URL": URL,
                 "MINDGAP_REWRITER_MAX_BODY_BYTES": str(1024 * 1024)})
     code = ("import uvicorn; from mindgap.rewriter.app import create_app; "
             f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')")

@@ -40,8 +40,8 @@ def mindgap_serve(kind: str, port: int, env: dict[str, str]) -> Service:
 
 
 def test_job_through_the_api_with_three_workers(prefix: str) -> None:
-    env = {**os.environ, "MINDGAP_API_KEY": "e2e-key", "MINDGAP_REWRITER_PREFIX": prefix,
-           "MINDGAP_REWRITER_REDIS_URL": REDIS_URL}
+    env = {**os.environ, "MINDGAP_API_KEY": "e2e-key", "MINDGAP_QUEUE_PREFIX": prefix,
+           "MINDGAP_QUEUE_REDIS_URL": REDIS_URL}
     env.pop("MINDGAP_VERIFIER_URL", None)
     api = mindgap_serve("rewriter", free_port(), env)
     workers = start_workers(REDIS_URL, prefix, 3, delay_s=0.01)
@@ -74,8 +74,8 @@ def test_job_through_the_api_with_three_workers(prefix: str) -> None:
 def test_real_model_end_to_end(prefix: str, tmp_path: Path) -> None:
     gsm8k = data_file("gsm8k_test.jsonl")
     verifier_port, api_port = free_port(), free_port()
-    env = {**os.environ, "MINDGAP_API_KEY": "e2e-key", "MINDGAP_REWRITER_PREFIX": prefix,
-           "MINDGAP_REWRITER_REDIS_URL": REDIS_URL, "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "MINDGAP_API_KEY": "e2e-key", "MINDGAP_QUEUE_PREFIX": prefix,
+           "MINDGAP_QUEUE_REDIS_URL": REDIS_URL, "HF_HUB_OFFLINE": "1",
            "MINDGAP_VERIFIER_URL": f"http://127.0.0.1:{verifier_port}"}
     verifier = mindgap_serve("verifier", verifier_port, env)
     api = mindgap_serve("rewriter", api_port, env)

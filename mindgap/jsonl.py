@@ -1,0 +1,48 @@
+"""JSON-lines files: numbered lines, and typed reads whose errors name the file, line and field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class JsonlError(ValueError):
+    """A line of a JSON-lines file is not what it should be (the message names file and line)."""
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """The dotted location and message of a validation error's first problem."""
+    first = exc.errors()[0]
+    return ".".join(str(part) for part in first["loc"]), first["msg"]
+
+
+def numbered_lines(path: str | Path, *, complete_only: bool = False) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of a file with their 1-based numbers, as bytes.
+
+    With ``complete_only`` the reading stops at a last line without a newline: the partial
+    tail an interrupted writer leaves behind.
+    """
+    with Path(path).open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if complete_only and not raw.endswith(b"\n"):
+                return
+            if raw.strip():
+                yield number, raw
+
+
+def read_models(path: str | Path, model: type[ModelT]) -> list[ModelT]:
+    """Every non-blank line of ``path`` parsed as ``model``; raises :class:`JsonlError`."""
+    records = []
+    for number, raw in numbered_lines(path):
+        try:
+            records.append(model.model_validate_json(raw))
+        except ValidationError as exc:
+            field, message = first_error(exc)
+            where = f"field '{field}': " if field else ""
+            raise JsonlError(f"{path}:{number}: {where}{message}") from None
+    return records
