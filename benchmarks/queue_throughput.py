@@ -28,7 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 from _machine import format_table, machine_info  # noqa: E402
 
-from mindgap.queue import Backpressure, Queue  # noqa: E402
+from mindgap.queue import FINISHED, Backpressure, JobState, Queue  # noqa: E402
 from mindgap.rewriter.engines.base import Engine, Sample  # noqa: E402
 from mindgap.schemas import Problem  # noqa: E402
 
@@ -48,15 +48,16 @@ class InstantEngine(Engine):
     def tokenize(self, text: str) -> list[int]:
         return [ord(c) % 256 for c in text]
 
-    def generate(self, prompts: list[str], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 max_tokens: int = 512, seed: int | None = None) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seed: int | None = None) -> list[list[Sample]]:
         out = []
         for prompt in prompts:
             text = "\\boxed{" + prompt.split("ANSWER=")[1].split()[0] + "}"
             out.append([Sample(text, self.tokenize(text), [-0.1] * len(text), "stop")] * n)
         return out
 
-    def score(self, prompt: str, token_ids: list[int], temperature: float = 1.0) -> list[float]:
+    def _score_tokens(self, prompt_ids: list[int], token_ids: list[int],
+                      temperature: float) -> list[float]:
         return [-0.1] * len(token_ids)
 
 
@@ -66,13 +67,13 @@ def run_worker(url: str, prefix: str, name: str, high: int, low: int, latency_fi
     from mindgap.verifier.pool import LocalVerifier
 
     queue = Queue.from_url(url, prefix)
-    pressure = Backpressure(queue, high, low, interval_s=0.05) if high > 0 else None
+    pressure = Backpressure(queue.aligned, high, low, interval_s=0.05) if high > 0 else None
     latencies: list[float] = []
     with LocalVerifier(workers=1) as verifier:
         worker = Worker(queue, InstantEngine(), verifier, name, batch_size=256, block_ms=100,
                         backpressure=pressure)
         worker.install_signal_handlers()
-        original = queue.complete_tasks
+        original = queue.tasks.complete_many
 
         def complete(done):  # type: ignore[no-untyped-def]
             recorded = original(done)
@@ -80,7 +81,7 @@ def run_worker(url: str, prefix: str, name: str, high: int, low: int, latency_fi
             latencies.extend(now - int(task.entry_id.split("-")[0]) / 1000 for task, _ in done)
             return recorded
 
-        queue.complete_tasks = complete  # type: ignore[method-assign]
+        queue.tasks.complete_many = complete  # type: ignore[method-assign]
         worker.run()
     Path(latency_file).write_text(json.dumps(latencies))
 
@@ -114,16 +115,16 @@ def stop_workers(started: list[tuple[subprocess.Popen[bytes], Path]]) -> list[fl
     return latencies
 
 
-def wait_status(queue: Queue, job: str, timeout_s: float, on_tick: Any = None) -> dict[str, Any]:
+def wait_status(queue: Queue, job: str, timeout_s: float, on_tick: Any = None) -> JobState:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = queue.job_status(job) or {}
         if on_tick:
-            on_tick(status)
-        if status.get("status") in ("completed", "completed_with_failures"):
+            on_tick()
+        status = queue.jobs.status(job)
+        if status is not None and status.status in FINISHED:
             return status
         time.sleep(0.02)
-    raise TimeoutError(f"job {job} not finished: {queue.job_status(job)}")
+    raise TimeoutError(f"job {job} not finished: {queue.jobs.status(job)}")
 
 
 def throughput(url: str, count: int, workers: int, tmp: Path) -> dict[str, Any]:
@@ -133,14 +134,14 @@ def throughput(url: str, count: int, workers: int, tmp: Path) -> dict[str, Any]:
         started = start_workers(url, prefix, workers, 0, 0, tmp)
         time.sleep(3.0)  # workers import, start their sandbox, block on the empty stream
         begin = time.perf_counter()
-        queue.create_job("throughput", problems(count, "t"), feed_trainer=False)
+        queue.jobs.create("throughput", problems(count, "t"), feed_trainer=False)
         enqueued = time.perf_counter() - begin
         status = wait_status(queue, "throughput", 600)
         seconds = time.perf_counter() - begin
         latencies = sorted(stop_workers(started))
         return {"problems": count, "workers": workers, "enqueue_s": enqueued,
-                "seconds": seconds, "examples_per_s": status["done"] / seconds,
-                "done": status["done"], "failed": status["failed"],
+                "seconds": seconds, "examples_per_s": status.done / seconds,
+                "done": status.done, "failed": status.failed,
                 "latency_p50_s": statistics.median(latencies),
                 "latency_p99_s": latencies[int(0.99 * (len(latencies) - 1))]}
     finally:
@@ -154,31 +155,32 @@ def backpressure(url: str, count: int, workers: int, high: int, low: int,
     queue = Queue.from_url(url, prefix)
     try:
         started = start_workers(url, prefix, workers, high, low, tmp)
-        queue.create_job("pressure", problems(count, "b"), feed_trainer=True)
+        queue.jobs.create("pressure", problems(count, "b"), feed_trainer=True)
         max_lag = 0
         deadline = time.monotonic() + 8.0  # the trainer is stopped for 8 s
         while time.monotonic() < deadline:
-            max_lag = max(max_lag, queue.trainer_lag())
+            max_lag = max(max_lag, queue.aligned.lag())
             time.sleep(0.02)
-        done_while_stopped = (queue.job_status("pressure") or {})["done"]
+        state = queue.jobs.status("pressure")
+        done_while_stopped = state.done if state else 0
         drained = 0
 
-        def trainer(status: dict[str, Any]) -> None:
+        def trainer() -> None:
             nonlocal drained
-            batch = queue.read_aligned("trainer", count=500, block_ms=0)
+            batch = queue.aligned.read_new("trainer", count=500, block_ms=0)
             if batch:
-                queue.ack_aligned([entry for entry, _ in batch])
+                queue.aligned.ack([entry for entry, _ in batch])
                 drained += len(batch)
 
         status = wait_status(queue, "pressure", 600, on_tick=trainer)
-        while batch := queue.read_aligned("trainer", count=500, block_ms=0):
-            queue.ack_aligned([entry for entry, _ in batch])
+        while batch := queue.aligned.read_new("trainer", count=500, block_ms=0):
+            queue.aligned.ack([entry for entry, _ in batch])
             drained += len(batch)
         stop_workers(started)
         return {"problems": count, "high_water": high, "low_water": low,
                 "max_lag_with_trainer_stopped": max_lag,
                 "done_while_trainer_stopped": done_while_stopped,
-                "final_status": status["status"], "drained_by_trainer": drained,
+                "final_status": status.status.value, "drained_by_trainer": drained,
                 "lag_bounded": max_lag <= high}
     finally:
         for key in queue.redis.scan_iter(f"{prefix}:*"):

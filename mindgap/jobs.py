@@ -1,20 +1,19 @@
-"""Jobs over HTTP: the rewriter API's request/response models, worker heartbeats.
+"""Jobs: their statuses and state (as the queue stores them), and the rewriter API's
+request/response models.
 
-Heartbeats: a worker calls :func:`worker_heartbeat` every few seconds; it sets
-``<prefix>:workers:<consumer>`` with a TTL and records the expiry (Redis clock) in the sorted
-set ``<prefix>:workers``, so :func:`live_workers` lists live workers without a ``SCAN``.
+Nothing here needs Redis, so HTTP clients (``mindgap submit --follow``) use the status names
+too; :mod:`mindgap.queue` reads and writes the state.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mindgap.datasets import PRESETS
-from mindgap.queue import JobStatus, Queue
 from mindgap.schemas import AlignedExample, Problem, RewriteOptions
 
 MAX_SYNC_ITEMS = 64
@@ -22,6 +21,42 @@ MAX_SYNC_ITEMS = 64
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+
+
+class JobStatus(StrEnum):
+    """Where a job is: queued, running, then one of the finished statuses."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+    CANCELLED = "cancelled"
+
+
+FINISHED: frozenset[JobStatus] = frozenset({
+    JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_FAILURES, JobStatus.CANCELLED})
+"""The statuses a job never leaves."""
+
+
+class JobState(BaseModel):
+    """A job as the queue records it (``Queue.jobs.status``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: JobStatus
+    total: int
+    done: int
+    failed: int
+    skipped: int = Field(description="Tasks acknowledged unprocessed (a cancelled job).")
+    remaining: int
+    counts: dict[str, int] = Field(description="Done examples per source: self, guided, expert.")
+    created: float = Field(description="Unix time (Redis clock).")
+    updated: float
+    finished: float | None
+    last_error: str | None
+    options: dict[str, Any]
+    feed_trainer: bool
 
 
 # --- Requests and responses -----------------------------------------------------------
@@ -87,27 +122,13 @@ class JobCreated(BaseModel):
     created: bool = Field(description="False when the job already existed (idempotent resend).")
 
 
-class JobView(BaseModel):
-    """A job's progress."""
+class JobView(JobState):
+    """A job's progress: its state plus rate and ETA."""
 
-    id: str
-    status: JobStatus
-    total: int
-    done: int
-    failed: int
-    skipped: int
-    remaining: int
-    counts: dict[str, int] = Field(description="Done examples per source: self, guided, expert.")
-    created: float = Field(description="Unix time (Redis clock).")
-    updated: float
-    finished: float | None
     elapsed_s: float = Field(description="Seconds since creation (until finished, if it is).")
     rate: float | None = Field(description="Done problems per second since creation.")
     eta_s: float | None = Field(description="Seconds left at the current rate; null when "
                                 "unknown, 0 when finished.")
-    last_error: str | None
-    options: dict[str, Any]
-    feed_trainer: bool
 
 
 class JobList(BaseModel):
@@ -140,16 +161,16 @@ class RewriteResponse(BaseModel):
     last_error: str | None = None
 
 
-def job_view(raw: dict[str, Any], now: float) -> JobView:
-    """A ``Queue.job_status`` dict plus rate and ETA, given the current time (Redis clock)."""
-    end = raw["finished"] if raw["finished"] is not None else now
-    elapsed = max(0.0, end - raw["created"])
-    rate = raw["done"] / elapsed if raw["done"] and elapsed > 0 else None
-    if raw["finished"] is not None or raw["remaining"] == 0:
+def job_view(state: JobState, now: float) -> JobView:
+    """A job's state plus rate and ETA, given the current time (Redis clock)."""
+    end = state.finished if state.finished is not None else now
+    elapsed = max(0.0, end - state.created)
+    rate = state.done / elapsed if state.done and elapsed > 0 else None
+    if state.finished is not None or state.remaining == 0:
         eta: float | None = 0.0
     else:
-        eta = raw["remaining"] / rate if rate else None
-    return JobView(**raw, elapsed_s=elapsed, rate=rate, eta_s=eta)
+        eta = state.remaining / rate if rate else None
+    return JobView(**state.model_dump(), elapsed_s=elapsed, rate=rate, eta_s=eta)
 
 
 def dataset_error_line(message: str, path: str) -> int | None:
@@ -161,71 +182,17 @@ def dataset_error_line(message: str, path: str) -> int | None:
     return None
 
 
-# --- Worker heartbeats ------------------------------------------------------------------
-
-# KEYS: worker key, index. ARGV: consumer, ttl seconds, value. Redis clock for the expiry.
-_LUA_HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-return 1
-"""
-
-# KEYS: index. Drop expired entries, return the live ones.
-_LUA_LIVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
-"""
-
-
-def workers_key(queue: Queue) -> str:
-    """The sorted set of workers by heartbeat expiry."""
-    return f"{queue.prefix}:workers"
-
-
-def worker_key(queue: Queue, consumer: str) -> str:
-    """The worker's heartbeat key (expires ``ttl_s`` after the last beat)."""
-    return f"{queue.prefix}:workers:{consumer}"
-
-
-def worker_heartbeat(queue: Queue, consumer: str, ttl_s: int = 30,
-                     info: dict[str, Any] | None = None) -> None:
-    """Mark ``consumer`` alive for ``ttl_s`` seconds; ``info`` is stored as its JSON value."""
-    if ttl_s < 1:
-        raise ValueError(f"ttl_s must be >= 1, got {ttl_s}")
-    value = json.dumps({"consumer": consumer, **(info or {})})
-    queue.redis.eval(_LUA_HEARTBEAT, 2, worker_key(queue, consumer), workers_key(queue),
-                     consumer, int(ttl_s), value)
-
-
-def worker_gone(queue: Queue, consumer: str) -> None:
-    """Forget a worker at once (on a clean shutdown)."""
-    pipe = queue.redis.pipeline()
-    pipe.delete(worker_key(queue, consumer))
-    pipe.zrem(workers_key(queue), consumer)
-    pipe.execute()
-
-
-def live_workers(queue: Queue) -> list[str]:
-    """Consumers with a fresh heartbeat, sorted."""
-    return sorted(queue.redis.eval(_LUA_LIVE, 1, workers_key(queue)))
-
-
 __all__ = [
+    "FINISHED",
     "MAX_SYNC_ITEMS",
     "DatasetSpec",
     "JobCreated",
     "JobList",
     "JobRequest",
+    "JobState",
+    "JobStatus",
     "JobView",
     "RewriteRequest",
     "RewriteResponse",
     "job_view",
-    "live_workers",
-    "worker_gone",
-    "worker_heartbeat",
 ]

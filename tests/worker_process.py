@@ -24,8 +24,8 @@ class SlowScriptedEngine(ScriptedEngine):
                          + prompt.split("ANSWER=")[1].split()[0] + "}")
         self.delay_s = delay_s
 
-    def generate(self, prompts: list[str], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 max_tokens: int = 512, seed: int | None = None) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seed: int | None = None) -> list[list[Sample]]:
         if any("POISON" in p for p in prompts):
             raise RuntimeError("scripted engine refuses a POISON prompt")
         time.sleep(self.delay_s)

@@ -6,8 +6,9 @@ number of ranks). An entry moves through three states:
 
 1. *delivered* (pending in the group): read by ``next_batch``;
 2. *trained*: ``commit`` after the optimizer step that used it; reported to Redis with
-   ``Queue.set_trained`` so the backpressure lag does not count it;
-3. *acknowledged*: ``settle`` after a checkpoint holds the step (or the run ended).
+   ``AlignedStream.set_trained`` so the backpressure lag does not count it;
+3. *acknowledged*: ``settle`` after a checkpoint holds the step (or the run ended); the
+   stream is then trimmed of what every consumer group has acknowledged (retention).
 
 Acknowledging only what a checkpoint holds is what makes a hard kill lose nothing: a resumed
 run (same consumer, restored by ``load_state``) first re-reads the consumer's pending
@@ -30,7 +31,7 @@ from typing import Any
 
 from mindgap.queue import FINISHED, Queue, entry_order
 from mindgap.schemas import AlignedExample
-from mindgap.trainer.sources import Source
+from mindgap.trainer.sources import ExampleStream
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,9 @@ Batch = list[tuple[str, AlignedExample]]
 _PAGE = 256
 
 
-class RedisSource(Source):
-    """The trainers' stream as a ``Source``: global batches of ``n`` entries in delivery
-    order, rank ``r`` keeping offsets ``r, r + world_size, ...`` (as ``FileSource``).
+class RedisStream(ExampleStream):
+    """The trainers' stream as an ``ExampleStream``: global batches of ``n`` entries in
+    delivery order, rank ``r`` keeping offsets ``r, r + world_size, ...`` (as ``FileStream``).
 
     ``broadcast(obj)`` sends rank 0's object to every rank and returns it (required when
     ``world_size > 1``). ``block_ms``: the longest single wait on the stream.
@@ -52,6 +53,7 @@ class RedisSource(Source):
         if world_size > 1 and broadcast is None:
             raise ValueError("several ranks need a broadcast function")
         self.queue, self.consumer, self.job = queue, consumer, job
+        self.stream = queue.aligned
         self.rank, self.world_size = rank, world_size
         self._broadcast = broadcast or (lambda obj: obj)
         self.block_ms, self.idle_timeout_s = block_ms, idle_timeout_s
@@ -63,10 +65,10 @@ class RedisSource(Source):
         self._finished = False
         self._drain_mark: str | None = None
         if rank == 0 and job is not None:
-            status = queue.job_status(job)
+            status = queue.jobs.status(job)
             if status is None:
                 raise ValueError(f"job {job!r} not found in Redis (prefix {queue.prefix!r})")
-            if not status["feed_trainer"]:
+            if not status.feed_trainer:
                 raise ValueError(f"job {job!r} was submitted without feeding the trainer: "
                                  "its results are not in the trainers' stream")
 
@@ -77,7 +79,7 @@ class RedisSource(Source):
         the others to be served again."""
         covered: list[str] = []
         after = "0"
-        while page := self.queue.read_aligned(self.consumer, _PAGE, pending=True, after=after):
+        while page := self.stream.read_pending(self.consumer, _PAGE, after=after):
             for entry_id, example in page:
                 if self._committed_id is not None and \
                         entry_order(entry_id) <= entry_order(self._committed_id):
@@ -85,8 +87,8 @@ class RedisSource(Source):
                 else:
                     self._replay.append((entry_id, example))
             after = page[-1][0]
-        self.queue.ack_aligned(covered)
-        self.queue.set_trained(self.consumer, 0)
+        self.stream.ack(covered)
+        self.stream.set_trained(self.consumer, 0)
         if covered or self._replay:
             log.info("consumer %s: %d pending entries already in the checkpoint acknowledged, "
                      "%d served again", self.consumer, len(covered), len(self._replay))
@@ -94,14 +96,14 @@ class RedisSource(Source):
 
     def _job_drained(self) -> bool:
         assert self.job is not None
-        status = self.queue.job_status(self.job)
+        status = self.queue.jobs.status(self.job)
         if status is None:
             raise RuntimeError(f"job {self.job!r} disappeared from Redis")
-        if status["status"] not in FINISHED:
+        if status.status not in FINISHED:
             return False
         if self._drain_mark is None:  # every entry of the job was added before this id
-            self._drain_mark = self.queue.aligned_last_id()
-        return self.queue.aligned_delivered_through(self._drain_mark)
+            self._drain_mark = self.stream.last_id()
+        return self.stream.delivered_through(self._drain_mark)
 
     def _read(self, n: int) -> Batch:
         if not self._recovered:
@@ -111,7 +113,7 @@ class RedisSource(Source):
             out.append(self._replay.popleft())
         last_new = time.monotonic()
         while len(out) < n and not self._finished:
-            got = self.queue.read_aligned(self.consumer, n - len(out), self.block_ms)
+            got = self.stream.read_new(self.consumer, n - len(out), self.block_ms)
             if got:
                 out += got
                 last_new = time.monotonic()
@@ -121,7 +123,7 @@ class RedisSource(Source):
                 self._finished = time.monotonic() - last_new >= self.idle_timeout_s
         return out
 
-    # --- Source -------------------------------------------------------------------------
+    # --- ExampleStream ------------------------------------------------------------------
 
     def next_batch(self, n: int) -> Batch:
         batch = self._broadcast(self._read(n) if self.rank == 0 else None)
@@ -139,13 +141,15 @@ class RedisSource(Source):
             self._trained += ids
             self._committed_id = max(ids, key=entry_order)
         if self.rank == 0:
-            self.queue.set_trained(self.consumer, len(self._trained))
+            self.stream.set_trained(self.consumer, len(self._trained))
 
     def settle(self) -> None:
-        """Acknowledge every trained entry (a checkpoint now holds them, or the run ended)."""
+        """Acknowledge every trained entry (a checkpoint now holds them, or the run ended),
+        then trim what every consumer group has acknowledged."""
         if self.rank == 0 and self._trained:
-            self.queue.ack_aligned(self._trained)
-            self.queue.set_trained(self.consumer, 0)
+            self.stream.ack(self._trained)
+            self.stream.set_trained(self.consumer, 0)
+            self.stream.trim()
         self._trained = []
 
     def state(self) -> dict[str, Any]:

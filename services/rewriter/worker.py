@@ -1,7 +1,8 @@
 """``mindgap worker``: take tasks from the queue in batches, align them, record the results.
 
-A task is acknowledged only inside ``Queue.complete_task`` (result written first, atomically),
-so a killed worker loses nothing: its tasks are reclaimed after the visibility timeout.
+A task is acknowledged only inside ``Tasks.complete_many`` (result written first,
+atomically), so a killed worker loses nothing: its tasks are reclaimed after the visibility
+timeout.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mindgap.jobs import live_workers, worker_gone, worker_heartbeat
 from mindgap.queue import Backpressure, Queue, Task
 from mindgap.rewriter.aligner import Aligner, Verifier
 from mindgap.rewriter.engines.base import Engine
@@ -45,7 +45,7 @@ class Worker:
     """One consumer of ``rewriters``: claim a batch, align it, complete or fail each task."""
 
     def __init__(self, queue: Queue, engine: Engine, verifier: Verifier, consumer: str,
-                 batch_size: int = 32, block_ms: int = 1000,
+                 batch_size: int, block_ms: int = 1000,
                  backpressure: Backpressure | None = None) -> None:
         self.queue = queue
         self.engine = engine
@@ -62,7 +62,7 @@ class Worker:
 
     def _settle(self, task: Task, error: str) -> None:
         self.stats.failed_attempts += 1
-        if self.queue.fail_task(task, error):
+        if self.queue.tasks.fail(task, error):
             self.stats.dead_lettered += 1
             log.warning("task %s (problem %s) dead-lettered: %s", task.entry_id,
                         task.problem.id, error)
@@ -84,18 +84,19 @@ class Worker:
             for task in tasks:
                 self._run_group([task])
             return
-        recorded = self.queue.complete_tasks(list(zip(tasks, examples, strict=True)))
+        recorded = self.queue.tasks.complete_many(list(zip(tasks, examples, strict=True)))
         self.stats.completed += sum(recorded)
         self.stats.duplicates += len(recorded) - sum(recorded)
 
     def _claimable(self) -> int:
         """How many tasks to claim: the batch size, or under backpressure this worker's share
-        of the room left below the high-water mark (results still in flight count too)."""
+        of the room left below the high-water mark (results still in flight count too).
+        The lag is the one ``Backpressure`` reads: ``AlignedStream.lag``."""
         if self.backpressure is None:
             return self.batch_size
-        in_flight = self.queue.stats()["tasks_pending"]
-        room = self.backpressure.high_water - self.queue.trainer_lag() - in_flight
-        share = room // max(1, len(live_workers(self.queue)))
+        in_flight = self.queue.tasks.depth().pending
+        room = self.backpressure.high_water - self.queue.aligned.lag() - in_flight
+        share = room // max(1, len(self.queue.heartbeats.live()))
         return max(0, min(self.batch_size, share))
 
     def run_once(self) -> int:
@@ -109,7 +110,7 @@ class Worker:
         if count == 0:
             self.stop.wait(min(1.0, self.block_ms / 1000))
             return 0
-        tasks = self.queue.claim_tasks(self.consumer, count=count, block_ms=self.block_ms)
+        tasks = self.queue.tasks.claim(self.consumer, count=count, block_ms=self.block_ms)
         if not tasks:
             return 0
         started = time.monotonic()
@@ -117,8 +118,11 @@ class Worker:
         for task in tasks:
             key = repr(sorted(task.options.items()))
             groups.setdefault(key, []).append(task)
-        for group in groups.values():
-            self._run_group(group)
+        left = list(groups.values())
+        while left:
+            self._run_group(left.pop(0))
+            if left:  # the lease of the tasks still waiting runs from now again
+                self.queue.tasks.touch([task for group in left for task in group])
         elapsed = time.monotonic() - started
         self.stats.batches += 1
         self.stats.task_latency_s.extend([elapsed] * len(tasks))
@@ -134,11 +138,11 @@ class Worker:
         try:
             while not self.stop.is_set() and not (until and until()):
                 if time.monotonic() - beat >= HEARTBEAT_EVERY_S:
-                    worker_heartbeat(self.queue, self.consumer, ttl_s=HEARTBEAT_TTL_S)
+                    self.queue.heartbeats.beat(self.consumer, ttl_s=HEARTBEAT_TTL_S)
                     beat = time.monotonic()
                 self.run_once()
         finally:
-            worker_gone(self.queue, self.consumer)
+            self.queue.heartbeats.gone(self.consumer)
         return self.stats
 
     def install_signal_handlers(self) -> None:

@@ -15,9 +15,20 @@ from pathlib import Path
 import pytest
 import redis
 
-from mindgap.queue import REWRITERS, Backpressure, Queue, Task, _fingerprint
+from mindgap.queue import (
+    FINISHED,
+    REWRITERS,
+    Backpressure,
+    JobStatus,
+    Queue,
+    Task,
+    entry_order,
+    hysteresis,
+)
+from mindgap.queue.jobs import fingerprint
+from mindgap.queue_cli import queue_app
 from mindgap.schemas import AlignedExample, AttemptCounts, Problem, Timings
-from tests.conftest import free_port
+from tests.conftest import drop_keys, free_port
 
 URL = "redis://127.0.0.1:6379/0"
 SOURCES = ("self", "guided", "expert")
@@ -30,11 +41,6 @@ def _redis_up(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
     except redis.RedisError:
         return False
-
-
-def _cleanup(client: redis.Redis, prefix: str) -> None:
-    for key in client.scan_iter(match=f"{prefix}:*", count=500):
-        client.delete(key)
 
 
 @pytest.fixture
@@ -52,7 +58,7 @@ def make_queue() -> Iterator[Callable[..., Queue]]:
 
     yield make
     if made:
-        _cleanup(made[0].redis, prefix)
+        drop_keys(made[0].redis, prefix)
     for queue in made:
         queue.close()
 
@@ -75,19 +81,20 @@ def source_of(problem: Problem) -> str:
 
 
 def result_ids(queue: Queue, job: str) -> list[str]:
-    return [ex.problem_id for _, ex in queue.iter_results(job)]
+    return [AlignedExample.model_validate_json(raw).problem_id
+            for _, raw in queue.jobs.results(job)]
 
 
 def aligned_ids(queue: Queue) -> list[str]:
     return [AlignedExample.model_validate_json(f["example"]).problem_id
-            for _, f in queue.redis.xrange(queue.aligned_key)]
+            for _, f in queue.redis.xrange(queue.keys.aligned)]
 
 
 def assert_settled(queue: Queue) -> None:
     """No task left in the stream or pending."""
     stats = queue.stats()
-    assert stats["tasks_backlog"] == 0
-    assert stats["tasks_pending"] == 0
+    assert stats.tasks.length == 0
+    assert stats.tasks.pending == 0
 
 
 def run_workers(queue: Queue, names: list[str], job: str, deadline_s: float = 20.0,
@@ -99,21 +106,20 @@ def run_workers(queue: Queue, names: list[str], job: str, deadline_s: float = 20
     errors: list[BaseException] = []
 
     def finished() -> bool:
-        status = queue.job_status(job)
-        return status is not None and status["status"] in (
-            "completed", "completed_with_failures", "cancelled")
+        status = queue.jobs.status(job)
+        return status is not None and status.status in FINISHED
 
     def work(name: str) -> None:
         while time.monotonic() < stop:
             try:
                 if finished():
                     return
-                for task in queue.claim_tasks(name, count=4, block_ms=100):
+                for task in queue.tasks.claim(name, count=4, block_ms=100):
                     claims[name] += 1
                     if handle is not None:
                         handle(queue, task)
                     else:
-                        queue.complete_task(task, example(task.problem, source_of(task.problem)))
+                        queue.tasks.complete(task, example(task.problem, source_of(task.problem)))
             except redis.ConnectionError:
                 if not tolerate_errors:
                     raise
@@ -128,29 +134,29 @@ def run_workers(queue: Queue, names: list[str], job: str, deadline_s: float = 20
     for t in threads:
         t.join(timeout=deadline_s + 5)
     assert not errors, errors
-    assert finished(), queue.job_status(job)
+    assert finished(), queue.jobs.status(job)
     return dict(claims)
 
 
 def test_concurrent_workers_write_each_result_once(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue(visibility_timeout_ms=5_000)
     batch = problems(50)
-    assert queue.create_job("j", batch, {"k_self": 4}) is True
-    assert queue.create_job("j", batch, {"k_self": 4}) is False  # idempotent
-    assert queue.stats()["tasks_backlog"] == 50
+    assert queue.jobs.create("j", batch, {"k_self": 4}) is True
+    assert queue.jobs.create("j", batch, {"k_self": 4}) is False  # idempotent
+    assert queue.stats().tasks.length == 50
     claims = run_workers(queue, ["w1", "w2", "w3"], "j")
     assert sum(claims.values()) == 50
     ids = result_ids(queue, "j")
     assert sorted(ids) == sorted(p.id for p in batch)
     assert sorted(aligned_ids(queue)) == sorted(ids)
-    status = queue.job_status("j")
+    status = queue.jobs.status("j")
     assert status is not None
-    assert status["status"] == "completed"
-    assert (status["done"], status["failed"], status["remaining"]) == (50, 0, 0)
-    assert status["counts"] == {"self": 17, "guided": 17, "expert": 16}
-    assert status["options"] == {"k_self": 4}
-    assert status["finished"] is not None
-    assert [j["id"] for j in queue.list_jobs()] == ["j"]
+    assert status.status == "completed"
+    assert (status.done, status.failed, status.remaining) == (50, 0, 0)
+    assert status.counts == {"self": 17, "guided": 17, "expert": 16}
+    assert status.options == {"k_self": 4}
+    assert status.finished is not None
+    assert [j.id for j in queue.jobs.newest()] == ["j"]
     assert_settled(queue)
 
 
@@ -158,37 +164,38 @@ def test_create_job_validates_and_resumes(make_queue: Callable[..., Queue]) -> N
     queue = make_queue()
     batch = problems(3)
     with pytest.raises(ValueError, match="duplicate"):
-        queue.create_job("a", [*batch, batch[0]])
-    queue.create_job("a", batch)
+        queue.jobs.create("a", [*batch, batch[0]])
+    queue.jobs.create("a", batch)
     with pytest.raises(ValueError, match="other problems"):
-        queue.create_job("a", problems(4))
+        queue.jobs.create("a", problems(4))
     # A crash after the job hash and part of the tasks: the next call enqueues the rest only.
     big = problems(1200, "b")
-    queue._init_job(keys=[queue.job_key("b"), queue.jobs_key],
-                    args=["b", len(big), "{}", "1", _fingerprint(sorted(p.id for p in big))])
-    queue._enqueue(keys=[queue.job_key("b"), f"{queue.job_key('b')}:enqueued", queue.tasks_key],
+    scripts, keys = queue.store.scripts, queue.keys
+    scripts.init_job(keys=[keys.job("b"), keys.jobs],
+                     args=["b", len(big), "{}", "1", fingerprint(sorted(p.id for p in big))])
+    scripts.enqueue(keys=[keys.job("b"), keys.enqueued("b"), keys.tasks],
                    args=["b", "{}", *[x for p in big[:700] for x in (p.id, p.model_dump_json())]])
-    assert queue.create_job("b", big) is False
-    assert queue.stats()["tasks_backlog"] == 3 + 1200
-    assert not queue.redis.exists(f"{queue.job_key('b')}:enqueued")
-    assert queue.create_job("empty", []) is True
-    assert queue.job_status("empty")["status"] == "completed"  # type: ignore[index]
+    assert queue.jobs.create("b", big) is False
+    assert queue.stats().tasks.length == 3 + 1200
+    assert not queue.redis.exists(keys.enqueued("b"))
+    assert queue.jobs.create("empty", []) is True
+    assert queue.jobs.status("empty").status == "completed"  # type: ignore[union-attr]
 
 
 def test_dead_consumer_tasks_are_reclaimed(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue(visibility_timeout_ms=300)
     batch = problems(50)
-    queue.create_job("j", batch)
-    abandoned = queue.claim_tasks("dies", count=10, block_ms=0)
+    queue.jobs.create("j", batch)
+    abandoned = queue.tasks.claim("dies", count=10, block_ms=0)
     assert len(abandoned) == 10
-    assert queue.claim_tasks("alive", count=1, block_ms=0, min_idle_ms=60_000)[0].deliveries == 1
+    assert queue.tasks.claim("alive", count=1, block_ms=0, min_idle_ms=60_000)[0].deliveries == 1
     time.sleep(0.35)
     redelivered: list[Task] = []
 
     def handle(q: Queue, task: Task) -> None:
         if task.deliveries > 1:
             redelivered.append(task)
-        q.complete_task(task, example(task.problem))
+        q.tasks.complete(task, example(task.problem))
 
     run_workers(queue, ["alive", "alive2"], "j", handle=handle)
     assert {t.entry_id for t in abandoned} <= {t.entry_id for t in redelivered}
@@ -198,31 +205,31 @@ def test_dead_consumer_tasks_are_reclaimed(make_queue: Callable[..., Queue]) -> 
     assert len(ids) == len(set(ids)) == 50
     assert len(aligned_ids(queue)) == 50
     # The dead worker finishing late changes nothing.
-    assert queue.complete_task(abandoned[0], example(abandoned[0].problem)) is False
+    assert queue.tasks.complete(abandoned[0], example(abandoned[0].problem)) is False
     assert len(result_ids(queue, "j")) == 50
-    assert queue.job_status("j")["done"] == 50  # type: ignore[index]
+    assert queue.jobs.status("j").done == 50  # type: ignore[union-attr]
     assert_settled(queue)
 
 
 def test_duplicate_completion_writes_one_result(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue(visibility_timeout_ms=200)
     batch = problems(2)
-    queue.create_job("j", batch)
-    task = queue.claim_tasks("w", count=1, block_ms=0)[0]
-    assert queue.complete_task(task, example(task.problem)) is True
-    assert queue.complete_task(task, example(task.problem)) is False  # retried after a lost reply
+    queue.jobs.create("j", batch)
+    task = queue.tasks.claim("w", count=1, block_ms=0)[0]
+    assert queue.tasks.complete(task, example(task.problem)) is True
+    assert queue.tasks.complete(task, example(task.problem)) is False  # retried after a lost reply
     # A second task entry for the same problem (e.g. a replayed producer): acked, not written.
-    queue.redis.xadd(queue.tasks_key, {"job": "j", "problem_id": task.problem.id,
+    queue.redis.xadd(queue.keys.tasks, {"job": "j", "problem_id": task.problem.id,
                                        "problem": task.problem.model_dump_json(),
                                        "options": "{}"})
     with pytest.raises(ValueError):
-        queue.complete_task(task, example(batch[1]))
+        queue.tasks.complete(task, example(batch[1]))
     run_workers(queue, ["w"], "j")
     assert sorted(result_ids(queue, "j")) == [p.id for p in batch]
     assert len(aligned_ids(queue)) == 2
-    status = queue.job_status("j")
+    status = queue.jobs.status("j")
     assert status is not None
-    assert (status["status"], status["done"]) == ("completed", 2)
+    assert (status.status, status.done) == ("completed", 2)
     assert_settled(queue)
 
 
@@ -230,97 +237,98 @@ def test_poison_task_goes_to_dead_letters(make_queue: Callable[..., Queue]) -> N
     queue = make_queue(visibility_timeout_ms=200, max_deliveries=3)
     batch = problems(10)
     poison = batch[4].id
-    queue.create_job("j", batch)
+    queue.jobs.create("j", batch)
     attempts: list[int] = []
 
     def handle(q: Queue, task: Task) -> None:
         if task.problem.id == poison:
             attempts.append(task.deliveries)
-            q.fail_task(task, f"RuntimeError: cannot rewrite {poison} (attempt {task.deliveries})")
+            q.tasks.fail(task, f"RuntimeError: cannot rewrite {poison} (attempt {task.deliveries})")
         else:
-            q.complete_task(task, example(task.problem))
+            q.tasks.complete(task, example(task.problem))
 
     run_workers(queue, ["w1", "w2"], "j", handle=handle)
     assert attempts == [1, 2, 3]
-    status = queue.job_status("j")
+    status = queue.jobs.status("j")
     assert status is not None
-    assert status["status"] == "completed_with_failures"
-    assert (status["done"], status["failed"]) == (9, 1)
-    assert "attempt 3" in status["last_error"]
-    dead = queue.read_dead()
+    assert status.status == "completed_with_failures"
+    assert (status.done, status.failed) == (9, 1)
+    assert "attempt 3" in status.last_error
+    dead = queue.dead()
     assert len(dead) == 1
-    fields = dead[0][1]
-    assert (fields["job"], fields["problem_id"], fields["deliveries"]) == ("j", poison, "3")
-    assert "attempt 3" in fields["error"]
-    assert Problem.model_validate_json(fields["problem"]).id == poison
+    letter = dead[0]
+    assert (letter.stream, letter.job, letter.problem_id, letter.deliveries) == (
+        "tasks", "j", poison, 3)
+    assert "attempt 3" in letter.error
+    assert Problem.model_validate_json(letter.problem or "").id == poison
     assert sorted(result_ids(queue, "j")) == sorted(p.id for p in batch if p.id != poison)
     assert_settled(queue)
 
 
 def test_task_that_kills_its_workers_is_dead_lettered(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue(visibility_timeout_ms=100, max_deliveries=3)
-    queue.create_job("j", problems(1))
+    queue.jobs.create("j", problems(1))
     seen = []
     for i in range(3):  # each worker claims and dies without reporting
-        tasks = queue.claim_tasks(f"crashing-{i}", count=1, block_ms=0)
+        tasks = queue.tasks.claim(f"crashing-{i}", count=1, block_ms=0)
         seen += [t.deliveries for t in tasks]
         time.sleep(0.15)
     assert seen == [1, 2, 3]
-    assert queue.claim_tasks("next", count=1, block_ms=0) == []
-    status = queue.job_status("j")
+    assert queue.tasks.claim("next", count=1, block_ms=0) == []
+    status = queue.jobs.status("j")
     assert status is not None
-    assert (status["status"], status["failed"]) == ("completed_with_failures", 1)
-    assert "delivered 4 times" in queue.read_dead()[0][1]["error"]
+    assert (status.status, status.failed) == ("completed_with_failures", 1)
+    assert "delivered 4 times" in queue.dead()[0].error
     assert_settled(queue)
 
 
 def test_malformed_task_is_dead_lettered(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue()
-    queue.redis.xadd(queue.tasks_key, {"job": "x", "problem": "{not json"})
-    assert queue.claim_tasks("w", count=5, block_ms=0) == []
-    dead = queue.read_dead()
+    queue.redis.xadd(queue.keys.tasks, {"job": "x", "problem": "{not json"})
+    assert queue.tasks.claim("w", count=5, block_ms=0) == []
+    dead = queue.dead()
     assert len(dead) == 1
-    assert dead[0][1]["error"].startswith("malformed task")
+    assert dead[0].error.startswith("malformed task")
     assert_settled(queue)
 
 
 def test_retry_later_waits_for_visibility_timeout(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue(visibility_timeout_ms=400)
-    queue.create_job("j", problems(1))
-    task = queue.claim_tasks("w", block_ms=0)[0]
-    assert queue.fail_task(task, "transient", retry_now=False) is False
-    assert queue.claim_tasks("w2", block_ms=0) == []
-    assert queue.touch([task]) == 1  # lease extended: still not reclaimable
+    queue.jobs.create("j", problems(1))
+    task = queue.tasks.claim("w", block_ms=0)[0]
+    assert queue.tasks.fail(task, "transient", retry_now=False) is False
+    assert queue.tasks.claim("w2", block_ms=0) == []
+    assert queue.tasks.touch([task]) == 1  # lease extended: still not reclaimable
     time.sleep(0.25)
-    assert queue.claim_tasks("w2", block_ms=0) == []
+    assert queue.tasks.claim("w2", block_ms=0) == []
     time.sleep(0.25)
-    again = queue.claim_tasks("w2", block_ms=0)
+    again = queue.tasks.claim("w2", block_ms=0)
     assert [t.deliveries for t in again] == [2]
-    assert queue.touch([task]) == 0  # w lost it to w2
-    assert queue.job_status("j")["last_error"] == "transient"  # type: ignore[index]
+    assert queue.tasks.touch([task]) == 0  # w lost it to w2
+    assert queue.jobs.status("j").last_error == "transient"  # type: ignore[union-attr]
 
 
 def test_cancel_skips_and_acks_remaining_tasks(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue(visibility_timeout_ms=5_000)
-    queue.create_job("j", problems(20))
-    claimed = queue.claim_tasks("w", count=5, block_ms=0)
+    queue.jobs.create("j", problems(20))
+    claimed = queue.tasks.claim("w", count=5, block_ms=0)
     for task in claimed[:2]:
-        assert queue.complete_task(task, example(task.problem))
-    assert queue.job_status("j")["status"] == "running"  # type: ignore[index]
-    assert queue.cancel_job("j") is True
-    assert queue.is_cancelled("j")
-    assert queue.cancel_job("j") is False
+        assert queue.tasks.complete(task, example(task.problem))
+    assert queue.jobs.status("j").status == "running"  # type: ignore[union-attr]
+    assert queue.jobs.cancel("j") is True
+    assert queue.jobs.status("j").status == JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert queue.jobs.cancel("j") is False
     with pytest.raises(KeyError):
-        queue.cancel_job("nope")
+        queue.jobs.cancel("nope")
     for task in claimed[2:]:  # in flight when cancelled: acked, not recorded
-        assert queue.complete_task(task, example(task.problem)) is False
+        assert queue.tasks.complete(task, example(task.problem)) is False
     for _ in range(10):
-        assert queue.claim_tasks("w2", count=4, block_ms=0) == []
-        if queue.stats()["tasks_backlog"] == 0:
+        assert queue.tasks.claim("w2", count=4, block_ms=0) == []
+        if queue.stats().tasks.length == 0:
             break
-    status = queue.job_status("j")
+    status = queue.jobs.status("j")
     assert status is not None
-    assert (status["status"], status["done"], status["skipped"], status["remaining"]) == (
+    assert (status.status, status.done, status.skipped, status.remaining) == (
         "cancelled", 2, 18, 0)
     assert len(result_ids(queue, "j")) == 2
     assert_settled(queue)
@@ -328,61 +336,62 @@ def test_cancel_skips_and_acks_remaining_tasks(make_queue: Callable[..., Queue])
 
 def test_trainer_reads_acks_and_lag(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue()
-    assert queue.trainer_lag() == 0
-    queue.create_job("j", problems(10))
-    queue.create_job("offline", problems(3, "off"), feed_trainer=False)
+    assert queue.aligned.lag() == 0
+    queue.jobs.create("j", problems(10))
+    queue.jobs.create("offline", problems(3, "off"), feed_trainer=False)
     run_workers(queue, ["w"], "j")
     run_workers(queue, ["w"], "offline")
     assert len(result_ids(queue, "offline")) == 3
-    assert queue.trainer_lag() == 10
-    first = queue.read_aligned("t0", count=4, block_ms=0)
+    assert queue.aligned.lag() == 10
+    first = queue.aligned.read_new("t0", count=4, block_ms=0)
     assert len(first) == 4
     assert all(isinstance(ex, AlignedExample) for _, ex in first)
-    assert queue.trainer_lag() == 10  # 6 undelivered + 4 pending
-    assert queue.read_aligned("t0", count=10, pending=True) == first  # re-read after restart
-    assert queue.ack_aligned([eid for eid, _ in first]) == 4
-    assert queue.trainer_lag() == 6
-    assert queue.read_aligned("t0", pending=True) == []
-    rest = queue.read_aligned("t1", count=100, block_ms=0)
+    assert queue.aligned.lag() == 10  # 6 undelivered + 4 pending
+    assert queue.aligned.read_pending("t0", count=10) == first  # re-read after restart
+    assert queue.aligned.ack([eid for eid, _ in first]) == 4
+    assert queue.aligned.lag() == 6
+    assert queue.aligned.read_pending("t0") == []
+    rest = queue.aligned.read_new("t1", count=100, block_ms=0)
     assert len(rest) == 6
     assert {ex.problem_id for _, ex in first + rest} == {f"j-p{i:03d}" for i in range(10)}
-    assert queue.trim_aligned() == 4  # only acknowledged entries go
-    assert queue.ack_aligned([eid for eid, _ in rest]) == 6
-    assert queue.trainer_lag() == 0
-    assert queue.read_aligned("t1", count=10, block_ms=50) == []
-    assert queue.trim_aligned() == 6
-    assert queue.redis.xlen(queue.aligned_key) == 0
+    assert queue.aligned.trim() == 4  # only acknowledged entries go
+    assert queue.aligned.ack([eid for eid, _ in rest]) == 6
+    assert queue.aligned.lag() == 0
+    assert queue.aligned.read_new("t1", count=10, block_ms=50) == []
+    assert queue.aligned.trim() == 6
+    assert queue.redis.xlen(queue.keys.aligned) == 0
 
 
 def test_backpressure_hysteresis(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue()
-    queue.create_job("j", problems(6))
-    pressure = Backpressure(queue, high_water=5, low_water=2, interval_s=0.0)
+    queue.jobs.create("j", problems(6))
+    pressure = Backpressure(queue.aligned, high_water=5, low_water=2, interval_s=0.0)
     assert pressure.check() is False
-    for i, task in enumerate(queue.claim_tasks("w", count=5, block_ms=0)):
-        queue.complete_task(task, example(task.problem))
+    for i, task in enumerate(queue.tasks.claim("w", count=5, block_ms=0)):
+        queue.tasks.complete(task, example(task.problem))
         assert pressure.check() is False, i  # lag 1..5: not above the high-water mark
     run_workers(queue, ["w"], "j")
     assert pressure.check() is True and pressure.lag == 6
-    assert queue.should_pause(5, 2) is True
-    read = queue.read_aligned("t", count=6, block_ms=0)
-    queue.ack_aligned([eid for eid, _ in read[:2]])
+    assert hysteresis(queue.aligned.lag(), 5, 2, False) is True
+    read = queue.aligned.read_new("t", count=6, block_ms=0)
+    queue.aligned.ack([eid for eid, _ in read[:2]])
     assert pressure.check() is True  # lag 4: between the marks, stays paused
-    assert queue.should_pause(5, 2, paused=False) is False
-    queue.ack_aligned([eid for eid, _ in read[2:4]])
+    assert hysteresis(queue.aligned.lag(), 5, 2, False) is False
+    queue.aligned.ack([eid for eid, _ in read[2:4]])
     assert pressure.check() is False  # lag 2: resumed
-    assert queue.redis.xlen(queue.aligned_key) == 6  # nothing trimmed
+    assert queue.redis.xlen(queue.keys.aligned) == 6  # nothing trimmed
 
 
 def test_stale_consumers_are_pruned(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue()
-    queue.create_job("j", problems(2))
-    assert queue.claim_tasks("gone", block_ms=0)
-    task = queue.claim_tasks("idle", block_ms=0)[0]
-    queue.complete_task(task, example(task.problem))
+    queue.jobs.create("j", problems(2))
+    assert queue.tasks.claim("gone", block_ms=0)
+    task = queue.tasks.claim("idle", block_ms=0)[0]
+    queue.tasks.complete(task, example(task.problem))
     time.sleep(0.05)
-    assert queue.prune_consumers(min_idle_ms=10) == ["idle"]  # "gone" still holds a task
-    names = {c["name"] for c in queue.redis.xinfo_consumers(queue.tasks_key, REWRITERS)}
+    assert queue.trim(consumer_idle_ms=10).consumers == ["idle"]  # "gone" still holds a task
+
+    names = {c["name"] for c in queue.redis.xinfo_consumers(queue.keys.tasks, REWRITERS)}
     assert names == {"gone"}
 
 
@@ -433,19 +442,19 @@ def test_job_survives_redis_restart(redis_server: dict[str, object]) -> None:
     queue = Queue.from_url(str(redis_server["url"]), "mgtest", visibility_timeout_ms=500)
     try:
         batch = problems(50)
-        queue.create_job("j", batch)
+        queue.jobs.create("j", batch)
         killed = threading.Event()
         at_kill: list[int] = []
 
         def handle(q: Queue, task: Task) -> None:
             time.sleep(0.05)  # the work
-            q.complete_task(task, example(task.problem, source_of(task.problem)))
+            q.tasks.complete(task, example(task.problem, source_of(task.problem)))
 
         def crash() -> None:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 try:
-                    done = queue.results_count("j")
+                    done = len(list(queue.jobs.results("j")))
                     if done >= 15:
                         at_kill.append(done)
                         break
@@ -467,10 +476,10 @@ def test_job_survives_redis_restart(redis_server: dict[str, object]) -> None:
         ids = result_ids(queue, "j")
         assert sorted(ids) == sorted(p.id for p in batch)  # 0 lost, 0 duplicated
         assert sorted(aligned_ids(queue)) == sorted(ids)
-        status = queue.job_status("j")
+        status = queue.jobs.status("j")
         assert status is not None
-        assert (status["status"], status["done"], status["failed"]) == ("completed", 50, 0)
-        assert sum(status["counts"].values()) == 50
+        assert (status.status, status.done, status.failed) == ("completed", 50, 0)
+        assert sum(status.counts.values()) == 50
         assert_settled(queue)
     finally:
         queue.close()
@@ -478,13 +487,117 @@ def test_job_survives_redis_restart(redis_server: dict[str, object]) -> None:
 
 def test_lost_streams_and_groups_are_recreated(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue()
-    queue.create_job("j", problems(4))
-    first = queue.claim_tasks("w", count=2, block_ms=0)
-    queue.complete_task(first[0], example(first[0].problem))
+    queue.jobs.create("j", problems(4))
+    first = queue.tasks.claim("w", count=2, block_ms=0)
+    queue.tasks.complete(first[0], example(first[0].problem))
     stats = queue.stats()
-    assert (stats["tasks_backlog"], stats["tasks_undelivered"], stats["tasks_pending"]) == (3, 2, 1)
-    assert (stats["aligned_length"], stats["aligned_undelivered"]) == (1, 1)
-    queue.redis.delete(queue.tasks_key, queue.aligned_key)  # e.g. a Redis without persistence
-    assert queue.claim_tasks("w", block_ms=0) == []
-    assert queue.read_aligned("t", block_ms=0) == []
-    assert queue.trainer_lag() == 0
+    assert (stats.tasks.length, stats.tasks.undelivered, stats.tasks.pending) == (3, 2, 1)
+    assert (stats.aligned.length, stats.aligned.undelivered) == (1, 1)
+    queue.redis.delete(queue.keys.tasks, queue.keys.aligned)  # e.g. a Redis without persistence
+    assert queue.tasks.claim("w", block_ms=0) == []
+    assert queue.aligned.read_new("t", block_ms=0) == []
+    assert queue.aligned.lag() == 0
+
+
+def test_trim_keeps_what_any_group_has_not_acknowledged(make_queue: Callable[..., Queue]) -> None:
+    queue = make_queue()
+    ids = queue.aligned.publish([example(p) for p in problems(6)], job_id="import")
+    queue.redis.xgroup_create(queue.keys.aligned, "audit", id="0")  # a second reader
+    read = queue.aligned.read_new("t", count=4, block_ms=0)
+    queue.aligned.ack([eid for eid, _ in read[:2]])
+    assert queue.aligned.trim() == 0  # "audit" has read nothing yet
+    audit = queue.redis.xreadgroup("audit", "a", {queue.keys.aligned: ">"}, count=3)
+    queue.redis.xack(queue.keys.aligned, "audit", *[eid for eid, _ in audit[0][1]])
+    assert queue.aligned.trim() == 2  # acknowledged by both groups
+    left = [eid for eid, _ in queue.redis.xrange(queue.keys.aligned)]
+    assert left == ids[2:]  # trainers' pending 3-4 and everything unread stay
+    assert queue.aligned.read_pending("t") == read[2:]
+    assert queue.aligned.lag() == 4
+    assert queue.trim().aligned == 0  # nothing more is acknowledged by every group
+    queue.aligned.ack([eid for eid, _ in read[2:] + queue.aligned.read_new("t", 10, 0)])
+    queue.redis.xreadgroup("audit", "a", {queue.keys.aligned: ">"})
+    assert queue.aligned.trim() == 1  # "audit" still holds 3 pending
+    queue.redis.xack(queue.keys.aligned, "audit", *ids)
+    assert queue.aligned.trim() == 3
+    assert queue.redis.xlen(queue.keys.aligned) == 0
+    assert queue.aligned.lag() == 0
+
+
+def test_trim_leaves_results_and_unread_entries(make_queue: Callable[..., Queue]) -> None:
+    queue = make_queue()
+    queue.jobs.create("j", problems(4))
+    run_workers(queue, ["w"], "j")
+    assert queue.trim().aligned == 0  # the trainers have read nothing
+    read = queue.aligned.read_new("t", count=4, block_ms=0)
+    queue.aligned.ack([eid for eid, _ in read])
+    assert queue.trim().aligned == 4
+    assert len(result_ids(queue, "j")) == 4  # results are kept with the job
+    assert queue.aligned.trim() == 0
+
+
+@pytest.fixture
+def queue_env(make_queue: Callable[..., Queue], monkeypatch: pytest.MonkeyPatch) -> Queue:
+    """A queue whose Redis and prefix ``mindgap queue`` reads from the environment."""
+    queue = make_queue()
+    monkeypatch.setenv("MINDGAP_QUEUE_REDIS_URL", URL)
+    monkeypatch.setenv("MINDGAP_QUEUE_PREFIX", queue.prefix)
+    return queue
+
+
+def invoke(*args: str) -> str:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(queue_app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_cli_stats(queue_env: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    queue = queue_env
+    queue.jobs.create("j", problems(3))
+    task = queue.tasks.claim("w", block_ms=0)[0]
+    queue.tasks.fail(task, "boom", max_deliveries=1)
+    queue.tasks.claim("w", block_ms=0)
+    queue.heartbeats.beat("w", ttl_s=30)
+    stats = json.loads(invoke("stats"))
+    assert stats["tasks"] == {"length": 2, "undelivered": 1, "pending": 1}
+    assert stats["aligned"] == {"length": 0, "undelivered": 0, "pending": 0}
+    assert (stats["trainer_lag"], stats["dead_letters"], stats["live_workers"]) == (0, 1, ["w"])
+    monkeypatch.setenv("MINDGAP_QUEUE_PREFIX", "mgtest:elsewhere")
+    assert json.loads(invoke("stats", "--prefix", queue.prefix))["dead_letters"] == 1
+    assert json.loads(invoke("stats"))["dead_letters"] == 0  # the environment's prefix
+    assert json.loads(invoke("stats", "--redis-url", URL, "--prefix",
+                             queue.prefix))["live_workers"] == ["w"]
+
+
+def test_cli_dead(queue_env: Queue) -> None:
+    import json
+
+    queue = queue_env
+    queue.jobs.create("j", problems(2))
+    for task in queue.tasks.claim("w", count=2, block_ms=0):
+        queue.tasks.fail(task, f"boom {task.problem.id}", max_deliveries=1)
+    lines = invoke("dead").splitlines()
+    letters = [json.loads(line) for line in lines]
+    assert [(d["job"], d["error"]) for d in letters] == [("j", "boom j-p000"), ("j", "boom j-p001")]
+    assert invoke("dead", "--limit", "1").splitlines() == lines[:1]
+    assert invoke("dead", "--after", letters[0]["id"]).splitlines() == lines[1:]
+
+
+def test_cli_trim(queue_env: Queue) -> None:
+    import json
+
+    queue = queue_env
+    queue.aligned.publish([example(p) for p in problems(5)])
+    read = queue.aligned.read_new("t", count=3, block_ms=0)
+    queue.aligned.ack([eid for eid, _ in read[:2]])
+    assert json.loads(invoke("trim")) == {"aligned": 2, "consumers": []}
+    assert queue.redis.xlen(queue.keys.aligned) == 3  # one pending, two unread
+    queue.aligned.ack([read[2][0]])
+    time.sleep(0.05)
+    assert json.loads(invoke("trim", "--consumer-idle-s", "0.01")) == {
+        "aligned": 1, "consumers": ["t"]}
+    newer = queue.aligned.read_new("t", count=5, block_ms=0)  # "t" is recreated on read
+    assert [entry_order(eid) > entry_order(read[2][0]) for eid, _ in newer] == [True, True]

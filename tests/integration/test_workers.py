@@ -7,18 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from mindgap.queue import Queue
-from mindgap.schemas import Problem
-from tests.conftest import ROOT, free_port
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from mindgap.queue import FINISHED, JobState, Queue
+from mindgap.schemas import AlignedExample, Problem
+from tests.conftest import REDIS_URL, ROOT, free_port
 
 
 def problems(count: int, poison: int | None = None) -> list[Problem]:
@@ -44,80 +39,84 @@ def stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
-def wait_finished(queue: Queue, job_id: str, timeout_s: float) -> dict:
+def wait_finished(queue: Queue, job_id: str, timeout_s: float) -> JobState:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = queue.job_status(job_id)
-        if status and status["status"] in ("completed", "completed_with_failures"):
+        status = queue.jobs.status(job_id)
+        if status and status.status in FINISHED:
             return status
         time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} not finished: {queue.job_status(job_id)}")
+    raise TimeoutError(f"job {job_id} not finished: {queue.jobs.status(job_id)}")
+
+
+def done(queue: Queue, job_id: str) -> int:
+    """How many of the job's problems are done (0 while Redis cannot say)."""
+    state = queue.jobs.status(job_id)
+    return state.done if state else 0
+
+
+def result_ids(queue: Queue, job_id: str) -> list[str]:
+    """Problem ids of the job's results, in completion order (as the API serves them)."""
+    return [AlignedExample.model_validate_json(raw).problem_id
+            for _, raw in queue.jobs.results(job_id)]
 
 
 def drain_trainer(queue: Queue) -> list[str]:
     """Problem ids delivered to one trainer consumer (and acked)."""
     seen = []
-    while batch := queue.read_aligned("trainer-0", count=100, block_ms=200):
+    while batch := queue.aligned.read_new("trainer-0", count=100, block_ms=200):
         seen += [example.problem_id for _, example in batch]
-        queue.ack_aligned([entry for entry, _ in batch])
+        queue.aligned.ack([entry for entry, _ in batch])
     return seen
 
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{name}:*"):
-        client.delete(key)
 
 
 def test_three_workers_exactly_once(prefix: str) -> None:
     queue = Queue.from_url(REDIS_URL, prefix)
-    queue.create_job("job1", problems(50))
+    queue.jobs.create("job1", problems(50))
     workers = start_workers(REDIS_URL, prefix, 3, delay_s=0.01)
     try:
         status = wait_finished(queue, "job1", 120)
     finally:
         stop(workers)
-    results = [e.problem_id for _, e in queue.iter_results("job1")]
+    results = result_ids(queue, "job1")
     assert sorted(results) == sorted(f"q{i}" for i in range(50))
-    assert status["status"] == "completed" and status["done"] == 50
+    assert status.status == "completed" and status.done == 50
     trained = drain_trainer(queue)
     assert sorted(trained) == sorted(results)
 
 
 def test_killed_worker_loses_nothing(prefix: str) -> None:
     queue = Queue.from_url(REDIS_URL, prefix)
-    queue.create_job("job2", problems(50))
+    queue.jobs.create("job2", problems(50))
     workers = start_workers(REDIS_URL, prefix, 3, delay_s=0.3)
     try:
         deadline = time.monotonic() + 60
-        while (queue.job_status("job2") or {}).get("done", 0) < 5:
+        while done(queue, "job2") < 5:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         workers[0].kill()  # SIGKILL mid-batch: its claimed tasks stay pending
         status = wait_finished(queue, "job2", 180)
     finally:
         stop(workers)
-    results = [e.problem_id for _, e in queue.iter_results("job2")]
+    results = result_ids(queue, "job2")
     assert len(results) == len(set(results)) == 50
-    assert status["done"] == 50 and status["failed"] == 0
+    assert status.done == 50 and status.failed == 0
     assert sorted(drain_trainer(queue)) == sorted(results)
 
 
 def test_poison_task_is_dead_lettered(prefix: str) -> None:
     queue = Queue.from_url(REDIS_URL, prefix)
-    queue.create_job("job3", problems(20, poison=7))
+    queue.jobs.create("job3", problems(20, poison=7))
     workers = start_workers(REDIS_URL, prefix, 2, delay_s=0.0)
     try:
         status = wait_finished(queue, "job3", 120)
     finally:
         stop(workers)
-    assert status["status"] == "completed_with_failures"
-    assert status["done"] == 19 and status["failed"] == 1
-    assert "POISON" in (status["last_error"] or "")
-    dead = queue.read_dead()
+    assert status.status == "completed_with_failures"
+    assert status.done == 19 and status.failed == 1
+    assert "POISON" in (status.last_error or "")
+    dead = queue.dead()
     assert len(dead) == 1
     assert "q7" in str(dead[0])
 
@@ -133,10 +132,10 @@ def test_redis_restart_mid_job(prefix: str, tmp_path: Path) -> None:
     workers: list[subprocess.Popen] = []
     try:
         queue = Queue.from_url(url, prefix)
-        queue.create_job("job4", problems(50))
+        queue.jobs.create("job4", problems(50))
         workers = start_workers(url, prefix, 2, delay_s=0.1)
         deadline = time.monotonic() + 60
-        while (queue.job_status("job4") or {}).get("done", 0) < 10:
+        while done(queue, "job4") < 10:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         server.kill()
@@ -144,9 +143,9 @@ def test_redis_restart_mid_job(prefix: str, tmp_path: Path) -> None:
         time.sleep(1.0)
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         status = wait_finished(Queue.from_url(url, prefix), "job4", 180)
-        results = [e.problem_id for _, e in queue.iter_results("job4")]
+        results = result_ids(queue, "job4")
         assert len(results) == len(set(results)) == 50
-        assert status["done"] == 50
+        assert status.done == 50
         assert sorted(drain_trainer(queue)) == sorted(results)
     finally:
         stop(workers)

@@ -1,0 +1,84 @@
+"""Key names of one queue (``P`` is the prefix), its consumer groups, and stream entry ids.
+
+Use a hash tag such as ``{mindgap}`` as the prefix on Redis Cluster so that every key lands
+in one slot, which the Lua scripts need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REWRITERS = "rewriters"
+"""The consumer group of the rewriter workers on ``P:tasks``."""
+TRAINERS = "trainers"
+"""The consumer group of the trainers on ``P:aligned``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The Redis keys of the queue with prefix ``prefix``."""
+
+    prefix: str
+
+    @property
+    def tasks(self) -> str:
+        """Stream: one entry per problem to rewrite, read by ``rewriters``."""
+        return f"{self.prefix}:tasks"
+
+    @property
+    def aligned(self) -> str:
+        """Stream: results for the trainers, read by ``trainers``."""
+        return f"{self.prefix}:aligned"
+
+    @property
+    def dead(self) -> str:
+        """Stream: dead letters (tasks that failed too often, malformed entries)."""
+        return f"{self.prefix}:dead"
+
+    @property
+    def jobs(self) -> str:
+        """Sorted set: job ids by creation time."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def trained(self) -> str:
+        """Hash: trainer consumer -> how many of its pending aligned entries it trained on."""
+        return f"{self.prefix}:trained"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker consumers by heartbeat expiry."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, consumer: str) -> str:
+        """A worker's heartbeat key (expires with its TTL)."""
+        return f"{self.prefix}:workers:{consumer}"
+
+    def job(self, job_id: str) -> str:
+        """Hash: the job's state."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_sets(self, job_id: str) -> tuple[str, str, str]:
+        """The job's hash and its sets of done and failed problem ids (exactly-once guard)."""
+        base = self.job(job_id)
+        return base, f"{base}:done", f"{base}:failed"
+
+    def enqueued(self, job_id: str) -> str:
+        """Set: problem ids enqueued so far while a job is being created."""
+        return f"{self.job(job_id)}:enqueued"
+
+    def results(self, job_id: str) -> str:
+        """Stream: the job's own results."""
+        return f"{self.prefix}:results:{job_id}"
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``"ms-seq"``) as a key that sorts like the stream."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def next_id(entry_id: str) -> str:
+    """The smallest entry id after ``entry_id``."""
+    ms, seq = entry_order(entry_id)
+    return f"{ms}-{seq + 1}"
