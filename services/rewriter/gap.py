@@ -15,20 +15,18 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from mindgap.rewriter.engines.base import Engine
-from mindgap.schemas import AlignedExample
+from mindgap.jsonl import read_models
+from mindgap.rewriter.engines import Engine, make_engine
+from mindgap.schemas import SOURCES, AlignedExample
 
-if TYPE_CHECKING:
-    from mindgap.rewriter.engines.transformers_engine import TransformersEngine
-
-GROUPS = ("self", "guided", "expert", "all", "expert_solutions")
+GROUPS = (*SOURCES, "all", "expert_solutions")
 """Report groups: kept responses by source, all kept responses, and the expert originals."""
-_LABELS = {"self": "self", "guided": "guided", "expert": "expert", "all": "all kept",
+_LABELS = {**{source: source for source in SOURCES}, "all": "all kept",
            "expert_solutions": "expert originals"}
+_COLORS = dict(zip(SOURCES, ("tab:green", "tab:orange", "tab:gray"), strict=True))
 
 _Key = tuple[str, tuple[int, ...], float]
 
@@ -121,64 +119,38 @@ def _mean(values: Sequence[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
-def _score_batched(engine: Engine, keys: list[_Key], batch_size: int, max_batch_tokens: int,
-                   progress: bool) -> dict[_Key, list[float]]:
-    """Score many sequences; right-padded batches for the transformers engine, else one by one."""
-    from tqdm import tqdm
+def _batches(engine: Engine, keys: list[_Key], batch_size: int,
+             max_batch_tokens: int) -> list[list[_Key]]:
+    """``keys`` in batches of at most ``batch_size`` sequences and ``max_batch_tokens`` padded
+    tokens, one temperature each, similar lengths together."""
+    prompt_tokens = {prompt: len(engine.tokenize(prompt)) for prompt in {k[0] for k in keys}}
 
-    from mindgap.rewriter.engines.transformers_engine import TransformersEngine
+    def length(key: _Key) -> int:
+        return prompt_tokens[key[0]] + len(key[1])
 
-    out: dict[_Key, list[float]] = {}
-    bar = tqdm(total=len(keys), desc="score", unit="seq", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    if not isinstance(engine, TransformersEngine) or batch_size <= 1:
-        with bar:
-            for key in keys:
-                prompt, ids, temperature = key
-                out[key] = engine.score(prompt, list(ids), temperature) if ids else []
-                bar.update(1)
-        return out
-
-    prompt_ids = {key: engine.tokenize(key[0]) for key in keys}
-    order = sorted(keys, key=lambda k: (k[2], len(prompt_ids[k]) + len(k[1])))
     batches: list[list[_Key]] = []
-    for key in order:
-        length = len(prompt_ids[key]) + len(key[1])
+    for key in sorted(keys, key=lambda k: (k[2], length(k))):
         last = batches[-1] if batches else None
         if (last and len(last) < batch_size and last[0][2] == key[2]
-                and length * (len(last) + 1) <= max_batch_tokens):
+                and length(key) * (len(last) + 1) <= max_batch_tokens):
             last.append(key)
         else:
             batches.append([key])
-    pad = engine.tokenizer.pad_token_id or 0
-    with bar:
-        for batch in batches:
-            _score_batch(engine, batch, prompt_ids, pad, out)
+    return batches
+
+
+def _score_all(engine: Engine, keys: list[_Key], batch_size: int, max_batch_tokens: int,
+               progress: bool) -> dict[_Key, list[float]]:
+    """Every key's scores, from ``engine.score_batch`` over :func:`_batches`."""
+    from tqdm import tqdm
+
+    out: dict[_Key, list[float]] = {}
+    with tqdm(total=len(keys), desc="score", unit="seq", file=sys.stderr,
+              disable=not progress, dynamic_ncols=True) as bar:
+        for batch in _batches(engine, keys, batch_size, max_batch_tokens):
+            out.update(zip(batch, engine.score_batch(batch), strict=True))
             bar.update(len(batch))
     return out
-
-
-def _score_batch(engine: TransformersEngine, batch: list[_Key],
-                 prompt_ids: dict[_Key, list[int]], pad: int,
-                 out: dict[_Key, list[float]]) -> None:
-    """One right-padded forward pass of the transformers engine's model over ``batch``."""
-    import torch
-
-    rows = [prompt_ids[k] + list(k[1]) for k in batch]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=engine.device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows],
-                        device=engine.device)
-    with torch.inference_mode():
-        logits = engine.model(input_ids=ids, attention_mask=mask).logits
-        for row, key in enumerate(batch):
-            start, n = len(prompt_ids[key]), len(key[1])
-            if n == 0:
-                out[key] = []
-                continue
-            z = logits[row, start - 1 : start - 1 + n].float() / max(key[2], 1e-6)
-            target = torch.tensor(key[1], device=engine.device).unsqueeze(-1)
-            out[key] = torch.log_softmax(z, dim=-1).gather(-1, target).squeeze(-1).tolist()
 
 
 def measure_gap(engine: Engine, examples: Sequence[AlignedExample], batch_size: int = 8,
@@ -186,8 +158,8 @@ def measure_gap(engine: Engine, examples: Sequence[AlignedExample], batch_size: 
                 progress: bool = False) -> GapReport:
     """Score every kept response and every expert original under ``engine``'s model.
 
-    ``batch_size`` sequences (at most ``max_batch_tokens`` padded tokens) are scored per
-    forward pass with the transformers engine; other engines score one at a time.
+    ``batch_size`` sequences (at most ``max_batch_tokens`` padded tokens) go to each
+    ``engine.score_batch`` call (one forward pass with the transformers engine).
     ``progress`` shows a tqdm bar on stderr while scoring.
     """
     eos = [engine.eos_token_id] if engine.eos_token_id is not None else []
@@ -203,7 +175,7 @@ def measure_gap(engine: Engine, examples: Sequence[AlignedExample], batch_size: 
         if behavior is not None and behavior.sampling.temperature not in (0.0, 1.0):
             keys[(example.prompt, tuple(example.response_token_ids),
                   behavior.sampling.temperature)] = None
-    scores = _score_batched(engine, list(keys), batch_size, max_batch_tokens, progress)
+    scores = _score_all(engine, list(keys), batch_size, max_batch_tokens, progress)
 
     groups = {name: _Tokens() for name in GROUPS}
     rows: list[ExampleGap] = []
@@ -226,8 +198,7 @@ def measure_gap(engine: Engine, examples: Sequence[AlignedExample], batch_size: 
             id=example.id, source=example.source, tokens=len(kept), mean_logprob=_mean(kept),
             expert_tokens=len(expert), expert_mean_logprob=_mean(expert),
             behavior_abs_diff=_mean(diffs) if diffs is not None else None))
-    model = getattr(engine, "model_name", type(engine).__name__)
-    return GapReport(model=str(model), clip=clip,
+    return GapReport(model=engine.model_name, clip=clip,
                      groups={name: groups[name].stats(clip) for name in GROUPS}, examples=rows)
 
 
@@ -261,12 +232,11 @@ def plot_gap(report: GapReport, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     series: list[tuple[str, list[float], str]] = []
-    colors = {"self": "tab:green", "guided": "tab:orange", "expert": "tab:gray"}
-    for source in ("self", "guided", "expert"):
+    for source in SOURCES:
         values = [e.mean_logprob for e in report.examples
                   if e.source == source and e.mean_logprob is not None]
         if values:
-            series.append((f"kept: {source}", values, colors[source]))
+            series.append((f"kept: {source}", values, _COLORS[source]))
     originals = [e.expert_mean_logprob for e in report.examples
                  if e.expert_mean_logprob is not None]
     if originals:
@@ -299,28 +269,17 @@ def plot_gap(report: GapReport, path: str | Path) -> Path:
     return path
 
 
-def read_aligned(path: str | Path) -> list[AlignedExample]:
-    """The aligned examples of a JSON-lines file (blank lines skipped)."""
-    examples = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    examples.append(AlignedExample.model_validate_json(line))
-                except ValueError as exc:
-                    raise ValueError(f"{path}:{number}: not an aligned example: {exc}") from None
-    return examples
-
-
 def gap_command(model: str | None, data: str | Path, plot: str | Path | None = None,
                 out_json: str | Path | None = None, batch_size: int = 8,
                 device: str | None = None, progress: bool = True,
                 echo: Callable[[str], object] = print) -> GapReport:
-    """``mindgap gap``: score ``data`` under ``model``, print the table, write PNG/JSON if asked."""
-    from mindgap.rewriter.engines.transformers_engine import TransformersEngine
+    """``mindgap gap``: score ``data`` under ``model``, print the table, write PNG/JSON if asked.
 
-    examples = read_aligned(data)
-    engine = TransformersEngine(model, device=device)
+    Raises :class:`mindgap.jsonl.JsonlError` (a ``ValueError``) naming the line of ``data``
+    that is not an aligned example.
+    """
+    examples = read_models(data, AlignedExample)
+    engine = make_engine("transformers", model, device=device)
     report = measure_gap(engine, examples, batch_size=batch_size, progress=progress)
     echo(format_gap(report))
     if plot is not None:

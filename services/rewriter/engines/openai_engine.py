@@ -28,14 +28,13 @@ from typing import Any
 
 import httpx
 
-from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.engines.base import Engine, Sample, is_unit_temperature
 from mindgap.rewriter.model_store import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TOKEN_PREFIX = "token_id:"
-_UNIT_TEMPERATURE_EPS = 1e-6
 _MAX_IDS_PER_ROW_BATCH = 16
 """Distinct ``logprob_token_ids`` per scoring request (vLLM's default --max-logprobs is 20)."""
 _MAX_ROWS_PER_REQUEST = 64
@@ -119,22 +118,14 @@ class OpenAIEngine(Engine):
             time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def render_chat(self, user_message: str) -> str:
-        return str(self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], tokenize=False,
-            add_generation_prompt=True))
-
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         if len(items) <= 1:
             return [fn(item) for item in items]
         with ThreadPoolExecutor(min(self.max_concurrency, len(items))) as pool:
             return list(pool.map(fn, items))
 
-    def generate(self, prompts: list[str], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 max_tokens: int = 512, seed: int | None = None) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seed: int | None = None) -> list[list[Sample]]:
         """``n`` samples per prompt, one request per prompt; prompt ``i`` gets seed
         ``seed + i * n`` (a vLLM server gives its ``j``-th sample ``seed + i * n + j``)."""
         def complete(index: int) -> list[Sample]:
@@ -161,13 +152,11 @@ class OpenAIEngine(Engine):
         return Sample(choice["text"], ids, [float(v) for v in values],
                       choice.get("finish_reason") or "length")
 
-    def score(self, prompt: str, token_ids: list[int], temperature: float = 1.0) -> list[float]:
-        prompt_ids = self._score_ids(prompt, token_ids, temperature)
-        if not prompt_ids:
-            return []
-        if abs(temperature - 1.0) < _UNIT_TEMPERATURE_EPS:
-            return self._score_echo(prompt_ids, list(token_ids))
-        return self._score_rows(prompt_ids, list(token_ids), temperature)
+    def _score_tokens(self, prompt_ids: list[int], token_ids: list[int],
+                      temperature: float) -> list[float]:
+        if is_unit_temperature(temperature):
+            return self._score_echo(prompt_ids, token_ids)
+        return self._score_rows(prompt_ids, token_ids, temperature)
 
     def _score_echo(self, prompt_ids: list[int], token_ids: list[int]) -> list[float]:
         """``log_softmax(z)`` from the echoed prompt log-probs."""

@@ -31,8 +31,8 @@ class ScriptedEngine(Engine):
     def tokenize(self, text: str) -> list[int]:
         return [ord(ch) for ch in text]
 
-    def generate(self, prompts: list[str], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 max_tokens: int = 512, seed: int | None = None) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seed: int | None = None) -> list[list[Sample]]:
         call = len(self.calls)
         self.calls.append((len(prompts), n))
         out = []
@@ -42,7 +42,8 @@ class ScriptedEngine(Engine):
                                "stop") for t in texts])
         return out
 
-    def score(self, prompt: str, token_ids: list[int], temperature: float = 1.0) -> list[float]:
+    def _score_tokens(self, prompt_ids: list[int], token_ids: list[int],
+                      temperature: float) -> list[float]:
         return [-0.1] * len(token_ids)
 
 

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from mindgap.rewriter.engines.base import Engine, Sample
-from mindgap.rewriter.model_store import resolve_model
+from mindgap.rewriter.engines.base import Engine, Sample, ScoreRow
+from mindgap.rewriter.model_store import DEFAULT_MODEL, resolve_model
+
+
+def token_logprobs(model: Any, rows: Sequence[ScoreRow], device: Any,
+                   pad_id: int = 0) -> list[list[float]]:
+    """``log_softmax(z / T)`` of each row's tokens from one right-padded forward pass."""
+    import torch
+
+    sequences = [row.prompt_ids + row.token_ids for row in rows]
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences],
+                        device=device)
+    out = []
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        for index, row in enumerate(rows):
+            start = len(row.prompt_ids) - 1
+            z = logits[index, start : start + len(row.token_ids)].float() / row.temperature
+            target = torch.tensor(row.token_ids, device=device).unsqueeze(-1)
+            scored = torch.log_softmax(z, dim=-1).gather(-1, target).squeeze(-1)
+            out.append([float(x) for x in scored.tolist()])
+    return out
 
 
 class TransformersEngine(Engine):
@@ -17,7 +40,7 @@ class TransformersEngine(Engine):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_model(model)
-        self.model_name = model or "smollm2-135m-instruct"
+        self.model_name = model or DEFAULT_MODEL
         self.policy_version = policy_version
         self.batch_size = batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -31,14 +54,6 @@ class TransformersEngine(Engine):
         eos_ids = eos if isinstance(eos, list) else [eos]
         self._eos = {i for i in [*eos_ids, self.tokenizer.eos_token_id] if i is not None}
         self.eos_token_id = self.tokenizer.eos_token_id
-
-    def render_chat(self, user_message: str) -> str:
-        return str(self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], tokenize=False,
-            add_generation_prompt=True))
-
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _generation_config(self, temperature: float, top_p: float, max_tokens: int) -> Any:
         from transformers import GenerationConfig
@@ -57,8 +72,8 @@ class TransformersEngine(Engine):
                 return ids[: i + 1], logprobs[: i + 1], "stop"
         return ids, logprobs, "length"
 
-    def generate(self, prompts: list[str], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 max_tokens: int = 512, seed: int | None = None) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seed: int | None = None) -> list[list[Sample]]:
         import torch
 
         expanded = [prompt for prompt in prompts for _ in range(n)]
@@ -80,13 +95,10 @@ class TransformersEngine(Engine):
                 samples.append(Sample(text, token_ids, token_lps, reason))
         return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def score(self, prompt: str, token_ids: list[int], temperature: float = 1.0) -> list[float]:
-        import torch
+    def _score_tokens(self, prompt_ids: list[int], token_ids: list[int],
+                      temperature: float) -> list[float]:
+        return self._score_tokens_batch([ScoreRow(prompt_ids, token_ids, temperature)])[0]
 
-        prompt_ids = self.tokenize(prompt)
-        ids = torch.tensor([prompt_ids + list(token_ids)], device=self.device)
-        with torch.inference_mode():
-            logits = self.model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-        logprobs = torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
-        target = torch.tensor(token_ids, device=self.device).unsqueeze(-1)
-        return logprobs.gather(-1, target).squeeze(-1).tolist()
+    def _score_tokens_batch(self, rows: list[ScoreRow]) -> list[list[float]]:
+        """All rows in one right-padded forward pass (``score_batch``'s caller sizes it)."""
+        return token_logprobs(self.model, rows, self.device, self.tokenizer.pad_token_id or 0)

@@ -22,12 +22,11 @@ import os
 import threading
 from typing import Any
 
-from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.engines.base import Engine, Sample, ScoreRow, is_unit_temperature
 from mindgap.rewriter.model_store import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
 
-_UNIT_TEMPERATURE_EPS = 1e-6
 _SMALL_HOST_CPUS = 4
 
 
@@ -143,16 +142,8 @@ class VLLMEngine(Engine):
             raise RuntimeError("the vLLM engine is closed")
         return self._llm
 
-    def render_chat(self, user_message: str) -> str:
-        return str(self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], tokenize=False,
-            add_generation_prompt=True))
-
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def generate(self, prompts: list[str], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 max_tokens: int = 512, seed: int | None = None) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seed: int | None = None) -> list[list[Sample]]:
         """``n`` samples per prompt; prompt ``i`` gets seed ``seed + i * n`` (vLLM gives its
         ``j``-th sample ``seed + i * n + j``); with ``seed=None``, and always on CPU (see the
         class docstring), the engine seed governs."""
@@ -184,13 +175,11 @@ class VLLMEngine(Engine):
             result.append(samples)
         return result
 
-    def score(self, prompt: str, token_ids: list[int], temperature: float = 1.0) -> list[float]:
-        prompt_ids = self._score_ids(prompt, token_ids, temperature)
-        if not prompt_ids:
-            return []
-        if abs(temperature - 1.0) < _UNIT_TEMPERATURE_EPS:
-            return self._score_prompt_logprobs(prompt_ids, list(token_ids))
-        return self._score_reference(prompt_ids, list(token_ids), temperature)
+    def _score_tokens(self, prompt_ids: list[int], token_ids: list[int],
+                      temperature: float) -> list[float]:
+        if is_unit_temperature(temperature):
+            return self._score_prompt_logprobs(prompt_ids, token_ids)
+        return self._score_reference(ScoreRow(prompt_ids, token_ids, temperature))
 
     def _score_prompt_logprobs(self, prompt_ids: list[int], token_ids: list[int]) -> list[float]:
         """``log_softmax(z)`` from vLLM's prompt log-probs (one prefill)."""
@@ -205,24 +194,19 @@ class VLLMEngine(Engine):
         start = len(prompt_ids)
         return [float(rows[start + i][token].logprob) for i, token in enumerate(token_ids)]
 
-    def _score_reference(self, prompt_ids: list[int], token_ids: list[int],
-                         temperature: float) -> list[float]:
+    def _score_reference(self, row: ScoreRow) -> list[float]:
         """``log_softmax(z / T)`` from a lazily loaded transformers copy of the model."""
-        import torch
+        from mindgap.rewriter.engines.transformers_engine import token_logprobs
 
         if self._reference is None:
+            import torch
             from transformers import AutoModelForCausalLM
 
             log.info("loading a transformers copy of %s on %s to score at T != 1",
                      self.path, self.score_device)
             self._reference = AutoModelForCausalLM.from_pretrained(
                 self.path, dtype=torch.float32).to(self.score_device).eval()
-        ids = torch.tensor([prompt_ids + token_ids], device=self.score_device)
-        with torch.inference_mode():
-            logits = self._reference(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-        logprobs = torch.log_softmax(logits / temperature, dim=-1)
-        target = torch.tensor(token_ids, device=self.score_device).unsqueeze(-1)
-        return [float(x) for x in logprobs.gather(-1, target).squeeze(-1).tolist()]
+        return token_logprobs(self._reference, [row], self.score_device)[0]
 
     def close(self) -> None:
         """Shut the engine core and its workers down, and wait for them; idempotent."""
