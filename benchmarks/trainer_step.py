@@ -34,13 +34,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from _machine import RESULTS, format_table, machine_info, verdict
+
+from mindgap.trainer.config import LossKind
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-from _machine import RESULTS, format_table, machine_info, verdict  # noqa: E402
-
-LOSSES = ("sft", "dft", "is")
+LOSSES: tuple[str, ...] = get_args(LossKind)
 TARGET_OVERHEAD = 0.05
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"model": dict(vocab_size=8192, hidden_size=256, intermediate_size=688,
@@ -90,7 +92,7 @@ def run_one(loss: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from mindgap.trainer.config import TrainConfig
     from mindgap.trainer.loop import train
-    from mindgap.trainer.sources import FileSource
+    from mindgap.trainer.sources import FileStream
     from mindgap.trainer.testing import char_tokenizer, synthetic_examples
 
     size = SIZES[args.size]
@@ -112,7 +114,7 @@ def run_one(loss: str, args: argparse.Namespace) -> dict[str, Any]:
             progress=False, tensorboard=False, save_final=False,
             gradient_checkpointing=args.gradient_checkpointing)
         summary = train(config, model=model, tokenizer=char_tokenizer(),
-                        source=FileSource.from_examples(examples, shuffle=False))
+                        stream=FileStream.from_examples(examples, shuffle=False))
         steps = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
     measured = steps[args.warmup:]
     result = {

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from mindgap.jsonl import numbered_lines
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +38,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def steps(out: Path) -> list[dict]:
     """The run's ``metrics.jsonl`` records."""
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(raw) for _, raw in numbered_lines(out / "metrics.jsonl")]
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool],

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -59,24 +60,19 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        state["numpy"] = np.random.get_state()
-    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
-        pass
+    """This process's Python, NumPy, torch (and CUDA) RNG states."""
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "numpy" in state:
-        import numpy as np
-
         np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -97,7 +93,7 @@ def save_model(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor
 
 def save_checkpoint(out: str | Path, step: int, *, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, tokenizer: Any | None,
-                    trainer_state: dict[str, Any], rank: int = 0, keep_last: int = 2,
+                    trainer_state: dict[str, Any], keep_last: int, rank: int = 0,
                     barrier: Callable[[], None] = lambda: None) -> Path:
     """Write ``OUT/checkpoints/step-N`` (collective: every rank calls it; rank 0 writes the
     shared files, each rank its RNG state). Returns the checkpoint's path."""

@@ -22,7 +22,7 @@ Tensors of a micro-batch (``collate``), all ``(B, L)`` with right padding:
 - ``loss_mask``: True where the target is a response token (prompt and padding: False);
 - ``behavior_logprobs`` / ``has_behavior``: the recorded ``log q`` of each target response
   token, ``0`` / False for expert responses, prompt and padding;
-- ``source_ids``: ``(B,)`` index of each row's source in ``mindgap.trainer.losses.SOURCES``.
+- ``source_ids``: ``(B,)`` index of each row's source in ``mindgap.schemas.SOURCES``.
 
 ``micro_batches`` packs examples so that ``rows * longest`` stays within ``batch_tokens``
 (padded tokens count; an example longer than the budget goes alone). Gradient accumulation
@@ -37,8 +37,7 @@ from typing import Any
 
 import torch
 
-from mindgap.schemas import AlignedExample
-from mindgap.trainer.losses import SOURCES
+from mindgap.schemas import SOURCES, AlignedExample, Source
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class Encoded:
     ids: list[int]
     prompt_len: int
     behavior: list[float] | None
-    source: str
+    source: Source
     truncated: bool = False
 
     @property

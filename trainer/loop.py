@@ -2,16 +2,16 @@
 
 One optimizer step:
 
-1. every rank takes its share of the next ``global_batch`` examples from the source and
-   encodes them (``mindgap.trainer.collate``); the global count of response tokens ``N`` is
-   all-reduced;
+1. every rank takes its share of the next ``global_batch`` examples from the example
+   stream (``mindgap.trainer.sources``) and encodes them (``mindgap.trainer.collate``); the
+   global count of response tokens ``N`` is all-reduced;
 2. the share is packed into micro-batches of at most ``batch_tokens`` padded tokens; every
    rank runs as many micro-batches as the busiest rank (empty ones where it has fewer), each
    contributing ``sum(w * -log p) / N`` to the gradient (``mindgap.trainer.losses``), so the summed
    gradient is that of the global token mean whatever the split;
 3. gradients are summed over ranks (FSDP2 reduce-scatter with divide factor 1, or an
    all-reduce in ``allreduce`` mode), clipped, AdamW steps, the cosine schedule steps, and
-   the source commits the step's examples;
+   the stream commits the step's examples;
 4. metrics go to ``OUT/metrics.jsonl`` (rank 0), TensorBoard when installed, and a tqdm bar.
 
 Multi-process: launched by ``torchrun`` (the ``RANK``/``WORLD_SIZE`` variables are set), the
@@ -37,10 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from mindgap.schemas import AlignedExample
+from mindgap.jsonl import numbered_lines
+from mindgap.schemas import SOURCES, AlignedExample
 from mindgap.trainer import checkpoint as ckpt
 from mindgap.trainer.collate import (
     Dropped,
@@ -51,8 +53,8 @@ from mindgap.trainer.collate import (
     micro_batches,
 )
 from mindgap.trainer.config import TrainConfig
-from mindgap.trainer.losses import SOURCES, LossStats, response_logprobs, token_loss
-from mindgap.trainer.sources import FileSource, Source
+from mindgap.trainer.losses import LossStats, response_logprobs, token_loss
+from mindgap.trainer.sources import ExampleStream, FileStream
 
 log = logging.getLogger(__name__)
 
@@ -165,22 +167,22 @@ def _all_reduce_grads(model: torch.nn.Module, bucket_numel: int = 1 << 24) -> No
     flush()
 
 
-def build_source(config: TrainConfig, ctx: DistContext) -> Source:
+def build_stream(config: TrainConfig, ctx: DistContext) -> ExampleStream:
     """The files of ``config.data``, or the Redis stream of ``config.redis``."""
     if config.redis:
         from mindgap.queue import Queue
-        from mindgap.trainer.redis_source import RedisSource
+        from mindgap.trainer.redis_source import RedisStream
 
         consumer = config.redis_consumer or "trainer-" + hashlib.sha1(
             str(Path(config.out).resolve()).encode()).hexdigest()[:12]
         queue = Queue.from_url(config.redis, config.redis_prefix)
-        return RedisSource(queue, consumer=consumer, job=config.job, rank=ctx.rank,
+        return RedisStream(queue, consumer=consumer, job=config.job, rank=ctx.rank,
                            world_size=ctx.world_size, broadcast=ctx.broadcast,
                            block_ms=config.redis_block_ms,
                            idle_timeout_s=config.redis_idle_timeout_s)
     if not config.data:
         raise ValueError("no data: set data (aligned JSONL/Parquet files) or redis (a URL)")
-    return FileSource(config.data, seed=config.seed, shuffle=config.shuffle,
+    return FileStream(config.data, seed=config.seed, shuffle=config.shuffle,
                       epochs=config.epochs, rank=ctx.rank, world_size=ctx.world_size)
 
 
@@ -266,21 +268,22 @@ def _forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: 
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, tokenizer: Any, examples: Sequence[AlignedExample], *,
-             loss: str = "sft", clip_ratio: float = 5.0, max_length: int = 2048,
-             batch_tokens: int = 8192) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, tokenizer: Any, examples: Sequence[AlignedExample],
+             config: TrainConfig) -> dict[str, float]:
     """Loss statistics (token means: ``loss``, ``ce``, weights, per source) of ``model`` on
-    ``examples``, encoded and batched exactly as in training; no gradient."""
+    ``examples`` under ``config``'s loss, encoded and batched exactly as in training; no
+    gradient."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     encoded = [e for i, x in enumerate(examples)
-               if isinstance(e := encode_example(str(i), x, tokenizer, max_length), Encoded)]
+               if isinstance(e := encode_example(str(i), x, tokenizer, config.max_length),
+                             Encoded)]
     total = sum(e.response_len for e in encoded)
     stats = LossStats.zeros()
-    for mb in micro_batches(encoded, batch_tokens):
-        _, s = _forward_loss(model, collate(mb, pad_id_of(tokenizer)), loss, max(total, 1),
-                             clip_ratio, None, device)
+    for mb in micro_batches(encoded, config.batch_tokens):
+        _, s = _forward_loss(model, collate(mb, pad_id_of(tokenizer)), config.loss,
+                             max(total, 1), config.clip_ratio, None, device)
         stats = stats + LossStats(s.sums.cpu(), s.maxes.cpu())
     model.train(was_training)
     return stats.summary()
@@ -289,6 +292,8 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, examples: Sequence[AlignedE
 # --- metrics ------------------------------------------------------------------------------
 
 class _Metrics:
+    """``OUT/metrics.jsonl`` and, when installed, TensorBoard events (rank 0 only)."""
+
     def __init__(self, config: TrainConfig, is_main: bool, start_step: int) -> None:
         self.enabled = is_main
         self.path = Path(config.out) / "metrics.jsonl"
@@ -297,16 +302,15 @@ class _Metrics:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # a resumed run rewrites the steps after its checkpoint
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [raw for _, raw in numbered_lines(self.path, complete_only=True)
+                    if json.loads(raw).get("step", 0) <= start_step]
+            self.path.write_bytes(b"".join(kept))
         if config.tensorboard:
-            try:
+            try:  # optional (not in mindgap[train]): skipped when not installed
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(Path(config.out) / "tb"))
             except ImportError:
-                self.tb = None
+                return
+            self.tb = SummaryWriter(str(Path(config.out) / "tb"))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -347,44 +351,129 @@ class _StopFlag:
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-    try:
-        import numpy as np
+    np.random.seed(seed % 2**32)
 
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
+
+@dataclass
+class _Run:
+    """One run's parts and progress, shared by the steps of ``_train``."""
+
+    config: TrainConfig
+    ctx: DistContext
+    model: torch.nn.Module
+    tokenizer: Any
+    pad_id: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stream: ExampleStream
+    mode: str  # "single", "fsdp" or "allreduce"
+    step: int = 0
+    start_step: int = 0
+    stopped: str = "max_steps"  # or "exhausted", "signal", "stop_after"
+    totals: dict[str, int] = field(
+        default_factory=lambda: {"examples": 0, "tokens": 0, "response_tokens": 0})
+    last: dict[str, Any] = field(default_factory=dict)  # the last step's metrics
+    last_ckpt: Path | None = None
+    saved_at: int = -1  # the step of the last checkpoint
+
+
+@dataclass
+class _Batch:
+    """One global batch: this rank's share, encoded and packed, and counts summed over ranks."""
+
+    keys: list[str]
+    encoded: list[Encoded]
+    dropped: list[Dropped]
+    micro: list[list[Encoded]]
+    n_micro: int  # micro-batches of the busiest rank
+    n_examples: float
+    n_dropped: float
+    n_truncated: float
+    n_response: float  # response tokens: the loss's normaliser
+    n_input: float  # prompt and response tokens
+    per_source: list[float]  # examples of each of mindgap.schemas.SOURCES
 
 
 def train(config: TrainConfig, *, model: torch.nn.Module | None = None,
-          tokenizer: Any | None = None, source: Source | None = None) -> dict[str, Any]:
+          tokenizer: Any | None = None, stream: ExampleStream | None = None) -> dict[str, Any]:
     """Train per ``config``; returns a summary (steps, examples, tokens, last metrics, paths).
 
-    ``model`` / ``tokenizer`` / ``source`` replace what ``config.model`` / ``config.data``
+    ``model`` / ``tokenizer`` / ``stream`` replace what ``config.model`` / ``config.data``
     would load (notebooks, tests; a given model is trained in place).
     """
     ctx = setup_distributed(config)
     try:
-        return _train(config, ctx, model, tokenizer, source)
+        return _train(config, ctx, model, tokenizer, stream)
     finally:
         if ctx.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
-           tokenizer: Any | None, source: Source | None) -> dict[str, Any]:
+           tokenizer: Any | None, stream: ExampleStream | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(config.out)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(config.to_json())
+        (out / "config.json").write_text(config.model_dump_json(indent=2))
     _seed_everything(config.seed + ctx.rank)
+    run = _setup(config, ctx, model, tokenizer, stream)
+    _run_steps(run)
+    final_path = _finish(run)
+    summary = {
+        "steps": run.step, "start_step": run.start_step, "stopped": run.stopped, **run.totals,
+        "elapsed_s": time.perf_counter() - t_start, "last": run.last,
+        "checkpoint": str(run.last_ckpt) if run.last_ckpt else None,
+        "final_model": str(final_path) if final_path else None,
+        "world_size": ctx.world_size, "dist_mode": run.mode,
+        "source_state": run.stream.state(),
+    }
+    if ctx.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if stream is None:  # built here, closed here
+        run.stream.close()
+    return summary
 
-    resume_from: Path | None = None
-    if config.resume:
-        resume_from = (ckpt.latest_checkpoint(out) if config.resume in ("latest", "auto")
-                       else Path(config.resume))
-        if resume_from is None:
-            log.warning("no checkpoint in %s: starting afresh", out)
+
+# --- setup --------------------------------------------------------------------------------
+
+def _setup(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
+           tokenizer: Any | None, stream: ExampleStream | None) -> _Run:
+    """Model, tokenizer, optimizer, schedule and example stream; restored from a checkpoint
+    when resuming."""
+    resume_from = _resume_path(config)
+    model, tokenizer = _prepare_model(config, ctx, model, tokenizer, resume_from)
+    mode = _distribute(model, config, ctx)
+    optimizer = build_optimizer(model, config)
+    run = _Run(config=config, ctx=ctx, model=model, tokenizer=tokenizer,
+               pad_id=pad_id_of(tokenizer), optimizer=optimizer,
+               scheduler=build_scheduler(optimizer, config),
+               stream=stream if stream is not None else build_stream(config, ctx), mode=mode)
+    if resume_from is not None:
+        state = ckpt.restore_checkpoint(resume_from, model=model, optimizer=optimizer,
+                                        scheduler=run.scheduler, rank=ctx.rank)
+        run.step = run.start_step = int(state["step"])
+        run.stream.load_state(state["source"])
+        log.info("resumed from %s at step %d", resume_from, run.step)
+    return run
+
+
+def _resume_path(config: TrainConfig) -> Path | None:
+    """The checkpoint ``config.resume`` names ('latest' or 'auto': the newest in OUT)."""
+    if not config.resume:
+        return None
+    if config.resume not in ("latest", "auto"):
+        return Path(config.resume)
+    found = ckpt.latest_checkpoint(config.out)
+    if found is None:
+        log.warning("no checkpoint in %s: starting afresh", Path(config.out))
+    return found
+
+
+def _prepare_model(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
+                   tokenizer: Any | None, resume_from: Path | None) -> tuple[torch.nn.Module, Any]:
+    """The model on the device (with the checkpoint's weights when resuming), in training
+    mode, and its tokenizer."""
     weights = str(resume_from / "model") if resume_from is not None else config.model
     if model is None:
         if not weights:
@@ -396,146 +485,54 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
             model.load_state_dict(load_model(weights).state_dict())
     if tokenizer is None:
         tokenizer = load_tokenizer(config.tokenizer or config.model or weights)
-    pad_id = pad_id_of(tokenizer)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.train()
+    return model, tokenizer
 
-    mode = "single"
-    if ctx.enabled:
-        mode = "fsdp" if config.dist_mode in ("auto", "fsdp") else "allreduce"
-        if mode == "fsdp":
-            _shard_fsdp(model)
-        else:
-            _broadcast_params(model)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config)
 
-    owns_source = source is None
-    if source is None:
-        source = build_source(config, ctx)
-    step = 0
-    if resume_from is not None:
-        state = ckpt.restore_checkpoint(resume_from, model=model, optimizer=optimizer,
-                                        scheduler=scheduler, rank=ctx.rank)
-        step = int(state["step"])
-        source.load_state(state["source"])
-        log.info("resumed from %s at step %d", resume_from, step)
-    start_step = step
-    metrics = _Metrics(config, ctx.is_main, start_step)
+def _distribute(model: torch.nn.Module, config: TrainConfig, ctx: DistContext) -> str:
+    """Shard (fsdp) or replicate (allreduce) the model over the ranks; the mode ("single":
+    one process)."""
+    if not ctx.enabled:
+        return "single"
+    if config.dist_mode in ("auto", "fsdp"):
+        _shard_fsdp(model)
+        return "fsdp"
+    _broadcast_params(model)
+    return "allreduce"
+
+
+# --- steps --------------------------------------------------------------------------------
+
+def _run_steps(run: _Run) -> None:
+    """Optimizer steps until ``max_steps``, the end of the data, a signal or ``stop_after``
+    (``run.stopped`` says which)."""
+    metrics = _Metrics(run.config, run.ctx.is_main, run.start_step)
     stop = _StopFlag()
     stop.install()
-    bar = None
-    if ctx.is_main and config.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.max_steps, initial=step, desc=f"train {config.loss}",
-                   dynamic_ncols=True)
-
-    totals = {"examples": 0, "tokens": 0, "response_tokens": 0}
-    last: dict[str, Any] = {}
-    stopped = "max_steps"
-    last_ckpt: Path | None = None
-    saved_at = -1
+    bar = _progress_bar(run)
     empty_streak = 0
     try:
-        while step < config.max_steps:
+        while run.step < run.config.max_steps:
             t0 = time.perf_counter()
-            batch = source.next_batch(config.global_batch)
-            encoded: list[Encoded] = []
-            dropped: list[Dropped] = []
-            for key, example in batch:
-                item = encode_example(key, example, tokenizer, config.max_length)
-                (encoded if isinstance(item, Encoded) else dropped).append(item)
-            mbs = micro_batches(encoded, config.batch_tokens)
-            per_source = [sum(1 for e in encoded if e.source == s) for s in SOURCES]
-            counts = torch.tensor(
-                [len(batch), len(dropped), sum(e.truncated for e in encoded),
-                 sum(e.response_len for e in encoded), sum(len(e.ids) for e in encoded),
-                 *per_source], dtype=torch.float64)
-            ctx.all_reduce(counts, "sum")
-            n_micro = ctx.all_reduce(torch.tensor([float(len(mbs))], dtype=torch.float64),
-                                     "max")
-            n_examples, n_dropped, n_trunc, n_resp, n_tokens = counts[:5].tolist()
-            if n_examples == 0:
-                stopped = "exhausted"
+            batch = _next_batch(run)
+            if batch.n_examples == 0:
+                run.stopped = "exhausted"
                 break
-            keys = [k for k, _ in batch]
-            if n_resp == 0:  # nothing trainable in this global batch: skip it
-                source.commit(keys)
+            if batch.n_response == 0:  # nothing trainable in this global batch: skip it
+                run.stream.commit(batch.keys)
                 empty_streak += 1
                 if empty_streak >= 100:
                     raise RuntimeError("100 global batches in a row had no trainable example "
                                        "(all dropped: is max_length too small?)")
                 continue
             empty_streak = 0
-            stats = LossStats.zeros()
-            for i in range(int(n_micro.item())):
-                mb = collate(mbs[i], pad_id) if i < len(mbs) else dummy_batch(pad_id)
-                loss, s = _forward_loss(model, mb, config.loss, n_resp, config.clip_ratio,
-                                        config, ctx.device)
-                loss.backward()
-                stats = stats + LossStats(s.sums.cpu(), s.maxes.cpu())
-            if mode == "allreduce":
-                _all_reduce_grads(model)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            source.commit(keys)
-            step += 1
-
-            ctx.all_reduce(stats.sums, "sum")
-            flags = torch.cat([stats.maxes, torch.tensor([1.0 if stop.set else 0.0],
-                                                         dtype=torch.float64)])
-            ctx.all_reduce(flags, "max")
-            stats.maxes = flags[:-1]
-            stop.set = bool(flags[-1].item())
-            elapsed = time.perf_counter() - t0
-            record: dict[str, Any] = {
-                "step": step, "lr": lr, **stats.summary(),
-                "grad_norm": float(grad_norm), "examples": int(n_examples),
-                **{f"examples_{s}": int(v) for s, v in zip(SOURCES, counts[5:].tolist(),
-                                                           strict=True)},
-                "dropped": int(n_dropped), "truncated": int(n_trunc),
-                "input_tokens": int(n_tokens), "response_tokens": int(n_resp),
-                "micro_batches": int(n_micro.item()), "step_s": elapsed,
-                "tokens_per_s": n_tokens / elapsed if elapsed > 0 else 0.0,
-                "epoch": source.state().get("epoch"),
-            }
-            if config.log_example_ids:
-                record["example_ids"] = [e.example_id for e in encoded] + \
-                    [d.example_id for d in dropped]
-            totals["examples"] += int(n_examples)
-            totals["tokens"] += int(n_tokens)
-            totals["response_tokens"] += int(n_resp)
-            last = record
-            if step % config.log_every == 0 or step == config.max_steps:
-                metrics.write(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({
-                    "loss": f"{record['loss']:.4f}", "ce": f"{record['ce']:.4f}",
-                    "w": f"{record['w_mean']:.3f}/{record['w_max']:.2f}",
-                    "ess": f"{record['ess_frac']:.2f}", "gn": f"{record['grad_norm']:.3f}",
-                    "lr": f"{lr:.2e}", "tok/s": f"{record['tokens_per_s']:.0f}",
-                    "s/g/e": "/".join(str(record[f"examples_{s}"]) for s in SOURCES)})
-
-            interrupted = stop.set or (config.stop_after is not None
-                                       and step >= config.stop_after)
-            periodic = config.save_every > 0 and step % config.save_every == 0
-            if periodic or interrupted:
-                last_ckpt = _save(config, step, model, optimizer, scheduler, tokenizer,
-                                  source, last, ctx)
-                saved_at = step
-            if interrupted:
-                stopped = "signal" if stop.set else "stop_after"
+            record = _step(run, batch, stop, t0)
+            _log_step(run, record, metrics, bar)
+            if _checkpoint_if_due(run, stop):
                 break
     finally:
         stop.uninstall()
@@ -543,41 +540,172 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
             bar.close()
         metrics.close()
 
-    final_path: Path | None = None
-    if stopped in ("max_steps", "exhausted") and config.save_final and step > start_step:
-        if saved_at != step:
-            last_ckpt = _save(config, step, model, optimizer, scheduler, tokenizer, source,
-                              last, ctx)
-        final_path = out / "final"
-        if ctx.is_main and last_ckpt is not None:  # the checkpoint's weights, as a plain folder
-            if final_path.exists():
-                shutil.rmtree(final_path)
-            shutil.copytree(last_ckpt / "model", final_path)
-        ctx.barrier()
-    elif stopped in ("max_steps", "exhausted"):
-        source.settle()  # the run ended without a final save: its examples are consumed
-    summary = {
-        "steps": step, "start_step": start_step, "stopped": stopped, **totals,
-        "elapsed_s": time.perf_counter() - t_start, "last": last,
-        "checkpoint": str(last_ckpt) if last_ckpt else None,
-        "final_model": str(final_path) if final_path else None,
-        "world_size": ctx.world_size, "dist_mode": mode, "source_state": source.state(),
+
+def _progress_bar(run: _Run) -> Any:
+    """A tqdm bar on rank 0 with ``config.progress``; else None."""
+    if not (run.ctx.is_main and run.config.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.config.max_steps, initial=run.step, desc=f"train {run.config.loss}",
+                dynamic_ncols=True)
+
+
+def _next_batch(run: _Run) -> _Batch:
+    """This rank's share of the next global batch, encoded and packed into micro-batches."""
+    config = run.config
+    batch = run.stream.next_batch(config.global_batch)
+    encoded: list[Encoded] = []
+    dropped: list[Dropped] = []
+    for key, example in batch:
+        item = encode_example(key, example, run.tokenizer, config.max_length)
+        (encoded if isinstance(item, Encoded) else dropped).append(item)
+    micro = micro_batches(encoded, config.batch_tokens)
+    per_source = [sum(1 for e in encoded if e.source == s) for s in SOURCES]
+    counts = torch.tensor(
+        [len(batch), len(dropped), sum(e.truncated for e in encoded),
+         sum(e.response_len for e in encoded), sum(len(e.ids) for e in encoded),
+         *per_source], dtype=torch.float64)
+    run.ctx.all_reduce(counts, "sum")
+    n_micro = run.ctx.all_reduce(torch.tensor([float(len(micro))], dtype=torch.float64), "max")
+    n_examples, n_dropped, n_truncated, n_response, n_input, *sources = counts.tolist()
+    return _Batch(keys=[k for k, _ in batch], encoded=encoded, dropped=dropped, micro=micro,
+                  n_micro=int(n_micro.item()), n_examples=n_examples, n_dropped=n_dropped,
+                  n_truncated=n_truncated, n_response=n_response, n_input=n_input,
+                  per_source=sources)
+
+
+def _step(run: _Run, batch: _Batch, stop: _StopFlag, t0: float) -> dict[str, Any]:
+    """One optimizer step on ``batch`` (started at ``t0``); its metrics record."""
+    stats = _accumulate_gradients(run, batch)
+    grad_norm, lr = _optimizer_step(run)
+    run.stream.commit(batch.keys)
+    run.step += 1
+    _reduce_stats(run.ctx, stats, stop)
+    return _record(run, batch, stats, grad_norm, lr, time.perf_counter() - t0)
+
+
+def _accumulate_gradients(run: _Run, batch: _Batch) -> LossStats:
+    """Forward and backward of every micro-batch (empty ones where this rank has fewer than
+    the busiest); the loss statistics of this rank."""
+    config = run.config
+    stats = LossStats.zeros()
+    for i in range(batch.n_micro):
+        mb = collate(batch.micro[i], run.pad_id) if i < len(batch.micro) \
+            else dummy_batch(run.pad_id)
+        loss, s = _forward_loss(run.model, mb, config.loss, batch.n_response,
+                                config.clip_ratio, config, run.ctx.device)
+        loss.backward()
+        stats = stats + LossStats(s.sums.cpu(), s.maxes.cpu())
+    return stats
+
+
+def _optimizer_step(run: _Run) -> tuple[torch.Tensor, float]:
+    """Sum gradients over ranks (allreduce mode), clip, step AdamW and the schedule; the
+    gradient norm before clipping and the learning rate of the step."""
+    if run.mode == "allreduce":
+        _all_reduce_grads(run.model)
+    clip = run.config.grad_clip if run.config.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+        grad_norm = grad_norm.full_tensor()
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
+def _reduce_stats(ctx: DistContext, stats: LossStats, stop: _StopFlag) -> None:
+    """Sum ``stats`` over ranks and take their maxima; a stop on one rank stops every rank."""
+    ctx.all_reduce(stats.sums, "sum")
+    flags = torch.cat([stats.maxes, torch.tensor([1.0 if stop.set else 0.0],
+                                                 dtype=torch.float64)])
+    ctx.all_reduce(flags, "max")
+    stats.maxes = flags[:-1]
+    stop.set = bool(flags[-1].item())
+
+
+def _record(run: _Run, batch: _Batch, stats: LossStats, grad_norm: torch.Tensor, lr: float,
+            elapsed: float) -> dict[str, Any]:
+    """The metrics of the step just taken."""
+    record: dict[str, Any] = {
+        "step": run.step, "lr": lr, **stats.summary(),
+        "grad_norm": float(grad_norm), "examples": int(batch.n_examples),
+        **{f"examples_{s}": int(v) for s, v in zip(SOURCES, batch.per_source, strict=True)},
+        "dropped": int(batch.n_dropped), "truncated": int(batch.n_truncated),
+        "input_tokens": int(batch.n_input), "response_tokens": int(batch.n_response),
+        "micro_batches": batch.n_micro, "step_s": elapsed,
+        "tokens_per_s": batch.n_input / elapsed if elapsed > 0 else 0.0,
+        "epoch": run.stream.state().get("epoch"),
     }
-    if ctx.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if owns_source:
-        source.close()
-    return summary
+    if run.config.log_example_ids:
+        record["example_ids"] = [e.example_id for e in batch.encoded] + \
+            [d.example_id for d in batch.dropped]
+    return record
 
 
-def _save(config: TrainConfig, step: int, model: torch.nn.Module,
-          optimizer: torch.optim.Optimizer, scheduler: Any, tokenizer: Any, source: Source,
-          last: dict[str, Any], ctx: DistContext) -> Path:
-    """Write a checkpoint, then let the source settle the position it holds."""
-    path = ckpt.save_checkpoint(
-        config.out, step, model=model, optimizer=optimizer, scheduler=scheduler,
-        tokenizer=tokenizer, rank=ctx.rank, keep_last=config.keep_last, barrier=ctx.barrier,
-        trainer_state={"source": source.state(), "config": config.to_dict(), "metrics": last,
-                       "world_size": ctx.world_size})
-    source.settle()
-    return path
+def _log_step(run: _Run, record: dict[str, Any], metrics: _Metrics, bar: Any) -> None:
+    """Count the step in the totals; write it (every ``log_every`` steps and the last one);
+    show it on the progress bar."""
+    run.totals["examples"] += record["examples"]
+    run.totals["tokens"] += record["input_tokens"]
+    run.totals["response_tokens"] += record["response_tokens"]
+    run.last = record
+    if run.step % run.config.log_every == 0 or run.step == run.config.max_steps:
+        metrics.write(record)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix({
+            "loss": f"{record['loss']:.4f}", "ce": f"{record['ce']:.4f}",
+            "w": f"{record['w_mean']:.3f}/{record['w_max']:.2f}",
+            "ess": f"{record['ess_frac']:.2f}", "gn": f"{record['grad_norm']:.3f}",
+            "lr": f"{record['lr']:.2e}", "tok/s": f"{record['tokens_per_s']:.0f}",
+            "s/g/e": "/".join(str(record[f"examples_{s}"]) for s in SOURCES)})
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+def _checkpoint_if_due(run: _Run, stop: _StopFlag) -> bool:
+    """Checkpoint every ``save_every`` steps and when interrupted (a signal, ``stop_after``);
+    True when interrupted: the run stops."""
+    config = run.config
+    interrupted = stop.set or (config.stop_after is not None and run.step >= config.stop_after)
+    if interrupted or (config.save_every > 0 and run.step % config.save_every == 0):
+        _save(run)
+    if interrupted:
+        run.stopped = "signal" if stop.set else "stop_after"
+    return interrupted
+
+
+def _finish(run: _Run) -> Path | None:
+    """At a normal end (``max_steps``, data exhausted): with ``save_final`` and steps taken, a
+    last checkpoint and its weights as ``OUT/final`` (returned); without, the stream settles."""
+    config, ctx = run.config, run.ctx
+    if run.stopped not in ("max_steps", "exhausted"):
+        return None
+    if not (config.save_final and run.step > run.start_step):
+        run.stream.settle()  # the run ended without a final save: its examples are consumed
+        return None
+    if run.saved_at != run.step:
+        _save(run)
+    final_path = Path(config.out) / "final"
+    if ctx.is_main and run.last_ckpt is not None:  # the checkpoint's weights, as a plain folder
+        if final_path.exists():
+            shutil.rmtree(final_path)
+        shutil.copytree(run.last_ckpt / "model", final_path)
+    ctx.barrier()
+    return final_path
+
+
+def _save(run: _Run) -> None:
+    """Write a checkpoint, then let the stream settle the position it holds."""
+    config, ctx = run.config, run.ctx
+    run.last_ckpt = ckpt.save_checkpoint(
+        config.out, run.step, model=run.model, optimizer=run.optimizer,
+        scheduler=run.scheduler, tokenizer=run.tokenizer, rank=ctx.rank,
+        keep_last=config.keep_last, barrier=ctx.barrier,
+        trainer_state={"source": run.stream.state(), "config": config.model_dump(),
+                       "metrics": run.last, "world_size": ctx.world_size})
+    run.saved_at = run.step
+    run.stream.settle()

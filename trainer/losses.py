@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
 import torch
 
-LossKind = Literal["sft", "dft", "is"]
-LOSSES: tuple[str, ...] = ("sft", "dft", "is")
-SOURCES: tuple[str, ...] = ("self", "guided", "expert")
-"""Source names in the order of ``source_ids`` (index into this tuple)."""
-DEFAULT_CLIP = 5.0
+from mindgap.schemas import SOURCES
+from mindgap.trainer.config import LossKind
 
 _GROUPS = ("all", *SOURCES)
 _SUM_FIELDS = ("tokens", "ce_sum", "loss_sum", "w_sum", "w2_sum")
@@ -58,7 +55,7 @@ def response_logprobs(logits: torch.Tensor, targets: torch.Tensor,
 def token_weights(logp: torch.Tensor, kind: LossKind, *,
                   behavior_logprobs: torch.Tensor | None = None,
                   has_behavior: torch.Tensor | None = None,
-                  clip: float = DEFAULT_CLIP) -> torch.Tensor:
+                  clip: float) -> torch.Tensor:
     """The per-token weight ``w`` of ``-w * log p`` for ``kind``; detached (stop-gradient).
 
     ``is``: ``min(p / q, clip)`` computed in log space where ``has_behavior`` is True, ``p``
@@ -70,7 +67,7 @@ def token_weights(logp: torch.Tensor, kind: LossKind, *,
     if kind == "dft":
         return logp.exp()
     if kind != "is":
-        raise ValueError(f"unknown loss {kind!r}: expected one of {LOSSES}")
+        raise ValueError(f"unknown loss {kind!r}: expected one of {get_args(LossKind)}")
     if not clip > 0:
         raise ValueError(f"the ratio cap C must be positive, got {clip}")
     if behavior_logprobs is None:
@@ -165,7 +162,7 @@ def _stats(logp: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
 def token_loss(logp: torch.Tensor, mask: torch.Tensor, kind: LossKind, num_tokens: float, *,
                behavior_logprobs: torch.Tensor | None = None,
                has_behavior: torch.Tensor | None = None,
-               clip: float = DEFAULT_CLIP,
+               clip: float,
                source_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, LossStats]:
     """The loss ``sum_t mask_t * w_t * -log p_t / num_tokens`` and its statistics.
 
@@ -175,7 +172,8 @@ def token_loss(logp: torch.Tensor, mask: torch.Tensor, kind: LossKind, num_token
     - ``behavior_logprobs`` / ``has_behavior``: ``(B, L)`` recorded ``log q`` and whether it
       was recorded (``is`` only; expert tokens have ``has_behavior`` False).
     - ``clip``: the cap ``C`` on ``p / q``.
-    - ``source_ids``: ``(B,)`` or ``(B, L)`` indices into ``SOURCES``, for per-source stats.
+    - ``source_ids``: ``(B,)`` or ``(B, L)`` indices into ``mindgap.schemas.SOURCES``, for
+      per-source stats.
 
     Plain cross-entropy is always part of the stats, whatever ``kind``.
     """

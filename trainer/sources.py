@@ -1,15 +1,16 @@
 """Where training examples come from, with a position that checkpoints can save.
 
-``Source`` is the interface the loop uses; ``FileSource`` reads JSON lines or Parquet files
-of ``AlignedExample``; ``mindgap.trainer.redis_source.RedisSource`` reads the live Redis stream.
+``ExampleStream`` is the interface the loop uses; ``FileStream`` reads JSON lines or Parquet
+files of ``AlignedExample``; ``mindgap.trainer.redis_source.RedisStream`` reads the live Redis
+stream. (An example's ``source``, self/guided/expert, is ``mindgap.schemas.Source``.)
 
 Protocol of one optimizer step, on every rank::
 
-    batch = source.next_batch(global_batch)   # this rank's share of the next global batch
+    batch = stream.next_batch(global_batch)   # this rank's share of the next global batch
     ... forward, backward, optimizer step ...
-    source.commit([key for key, _ in batch])  # only after the step that used them
-    source.state()                            # what a checkpoint saves (committed position)
-    source.settle()                           # after the checkpoint is written (or at the end)
+    stream.commit([key for key, _ in batch])  # only after the step that used them
+    stream.state()                            # what a checkpoint saves (committed position)
+    stream.settle()                           # after the checkpoint is written (or at the end)
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mindgap.jsonl import numbered_lines
 from mindgap.schemas import AlignedExample
 
 
-class Source(abc.ABC):
+class ExampleStream(abc.ABC):
     """A stream of ``(key, AlignedExample)`` for the trainer.
 
-    Keys are unique strings the source understands (file: ``"epoch:offset"``; Redis: the
+    Keys are unique strings the stream understands (file: ``"epoch:offset"``; Redis: the
     stream entry id). ``state()`` describes the *committed* position: restoring it with
     ``load_state`` makes ``next_batch`` return the first example not yet committed, so a run
     resumed from a checkpoint neither repeats nor skips an example.
@@ -38,7 +40,7 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def next_batch(self, n: int) -> list[tuple[str, AlignedExample]]:
         """This rank's share of the next global batch of ``n`` examples; fewer (or none) when
-        the source is exhausted. Every rank calls it once per optimizer step."""
+        the stream is exhausted. Every rank calls it once per optimizer step."""
 
     @abc.abstractmethod
     def commit(self, keys: Sequence[str]) -> None:
@@ -54,7 +56,7 @@ class Source(abc.ABC):
 
     def settle(self) -> None:  # noqa: B027 - optional hook
         """The position of the last ``state()`` is durable (a checkpoint holds it, or the run
-        ended): a stream source acknowledges the examples it covers."""
+        ended): a live stream acknowledges the examples it covers."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
@@ -66,15 +68,10 @@ def _read_records(path: Path) -> list[str]:
         import pyarrow.parquet as pq
 
         return [json.dumps(row) for row in pq.read_table(path).to_pylist()]
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                records.append(line)
-    return records
+    return [raw.decode("utf-8") for _, raw in numbered_lines(path)]
 
 
-class FileSource(Source):
+class FileStream(ExampleStream):
     """Aligned examples from JSON lines (``.jsonl``) or Parquet (``.parquet``) files.
 
     - Every epoch visits every example once, in an order shuffled with ``seed + epoch``
@@ -111,8 +108,8 @@ class FileSource(Source):
         self._issued: deque[tuple[set[str], tuple[int, int]]] = deque()
 
     @classmethod
-    def from_examples(cls, examples: Sequence[AlignedExample], **kwargs: Any) -> FileSource:
-        """An in-memory source with the same behavior (tests, notebooks)."""
+    def from_examples(cls, examples: Sequence[AlignedExample], **kwargs: Any) -> FileStream:
+        """An in-memory stream with the same behavior (tests, notebooks)."""
         return cls((), records=[e.model_dump_json() for e in examples], **kwargs)
 
     def __len__(self) -> int:
@@ -162,12 +159,12 @@ class FileSource(Source):
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "file":
-            raise ValueError(f"not a file source position: {state}")
+            raise ValueError(f"not a file stream position: {state}")
         if (state.get("num_examples"), state.get("fingerprint")) != (
                 len(self._records), self._fingerprint):
             raise ValueError("the saved data position is for other data "
                              f"({state.get('num_examples')} examples, fingerprint "
-                             f"{state.get('fingerprint')}); this source has "
+                             f"{state.get('fingerprint')}); this stream has "
                              f"{len(self._records)} examples, fingerprint {self._fingerprint}")
         if (state.get("seed"), state.get("shuffle")) != (self.seed, self.shuffle):
             raise ValueError("the saved data position used another seed or shuffle setting")

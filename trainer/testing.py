@@ -14,10 +14,13 @@ from typing import Any
 import torch
 
 from mindgap.schemas import (
+    SOURCES,
     AlignedExample,
     AttemptCounts,
     Behavior,
+    RewriteOptions,
     SamplingParams,
+    Source,
     Timings,
 )
 
@@ -64,7 +67,7 @@ def save_tiny_model(path: str | Path, seed: int = 0, **kwargs: Any) -> Path:
 
 def synthetic_examples(n: int, *, seed: int = 0, prompt_chars: tuple[int, int] = (6, 12),
                        response_tokens: tuple[int, int] = (4, 10), vocab: int = VOCAB,
-                       sources: tuple[str, ...] = ("self", "guided", "expert"),
+                       sources: tuple[Source, ...] = SOURCES,
                        ) -> list[AlignedExample]:
     """``n`` aligned examples with random ASCII prompts, random response ids and random
     behavior log-probs (none for ``expert``), cycling through ``sources``."""
@@ -78,7 +81,7 @@ def synthetic_examples(n: int, *, seed: int = 0, prompt_chars: tuple[int, int] =
         if source != "expert":
             behavior = Behavior(logprobs=[-rng.uniform(0.5, 6.0) for _ in ids],
                                 prompt_kind="plain" if source == "self" else "guided",
-                                model="tiny", sampling=SamplingParams())
+                                model="tiny", sampling=SamplingParams.of(RewriteOptions()))
         out.append(AlignedExample(
             id=f"ex-{i}", problem_id=f"p-{i}", prompt=prompt, response="",
             response_token_ids=ids, source=source, reference_answer="0",

@@ -22,8 +22,9 @@ from mindgap.queue import TRAINERS, Queue
 from mindgap.schemas import AlignedExample, Problem
 from mindgap.trainer.config import TrainConfig
 from mindgap.trainer.loop import train
-from mindgap.trainer.redis_source import RedisSource
+from mindgap.trainer.redis_source import RedisStream
 from mindgap.trainer.testing import save_tiny_model, synthetic_examples
+from tests.conftest import drop_keys
 from tests.training import ROOT, kill_when, max_diff, steps, subprocess_env, weights
 
 URL = os.environ.get("MINDGAP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -52,8 +53,7 @@ def make_queue() -> Iterator[Callable[[], Queue]]:
 
     yield make
     for queue in made:
-        for key in queue.redis.scan_iter(match=f"{queue.prefix}:*", count=500):
-            queue.redis.delete(key)
+        drop_keys(queue.redis, queue.prefix)
         queue.close()
 
 
@@ -69,7 +69,7 @@ def _config(model: Path, queue: Queue, out: Path, **kw) -> TrainConfig:
 
 
 def _pending(queue: Queue) -> int:
-    return int(queue.redis.xpending(queue.aligned_key, TRAINERS)["pending"])
+    return int(queue.redis.xpending(queue.keys.aligned, TRAINERS)["pending"])
 
 
 def _ids(batch: list[tuple[str, AlignedExample]]) -> list[str]:
@@ -78,59 +78,59 @@ def _ids(batch: list[tuple[str, AlignedExample]]) -> list[str]:
 
 def test_source_acks_only_what_a_checkpoint_holds(make_queue):
     queue = make_queue()
-    queue.publish_aligned(synthetic_examples(10))
-    source = RedisSource(queue, consumer="c", block_ms=50, idle_timeout_s=0.2)
+    queue.aligned.publish(synthetic_examples(10))
+    source = RedisStream(queue, consumer="c", block_ms=50, idle_timeout_s=0.2)
     first = source.next_batch(4)
     source.commit([k for k, _ in first])
     saved = source.state()
     source.settle()  # a checkpoint holds step 1
-    assert _pending(queue) == 0 and queue.trainer_lag() == 6
+    assert _pending(queue) == 0 and queue.aligned.lag() == 6
     second = source.next_batch(4)
     source.commit([k for k, _ in second])  # trained, not yet in a checkpoint
-    assert _pending(queue) == 4 and queue.trainer_lag() == 2  # trained entries are not lag
+    assert _pending(queue) == 4 and queue.aligned.lag() == 2  # trained entries are not lag
     third = source.next_batch(4)  # 2 left: a short batch after the idle timeout
     assert _ids(third) == ["ex-8", "ex-9"]
     assert source.next_batch(4) == []
 
     # Killed: a new run restored from the checkpoint of step 1 serves steps 2 and 3 again.
-    resumed = RedisSource(queue, consumer="other", block_ms=50, idle_timeout_s=0.2)
+    resumed = RedisStream(queue, consumer="other", block_ms=50, idle_timeout_s=0.2)
     resumed.load_state(saved)
     assert resumed.consumer == "c"
     assert _ids(resumed.next_batch(4)) == _ids(second)
-    assert queue.trainer_lag() == 6  # the dead run's "trained" record was reset
+    assert queue.aligned.lag() == 6  # the dead run's "trained" record was reset
     resumed.commit([k for k, _ in second])
     after_second = resumed.state()  # a checkpoint is written... and the process dies here
 
-    again = RedisSource(queue, consumer="c", block_ms=50, idle_timeout_s=0.2)
+    again = RedisStream(queue, consumer="c", block_ms=50, idle_timeout_s=0.2)
     again.load_state(after_second)
     assert _ids(again.next_batch(4)) == _ids(third)  # step 2's entries: acked, not served
     assert _pending(queue) == 2
     again.commit([k for k, _ in third])
     again.settle()
-    assert _pending(queue) == 0 and queue.trainer_lag() == 0
+    assert _pending(queue) == 0 and queue.aligned.lag() == 0
     assert again.next_batch(4) == []
 
 
 def test_source_shards_a_broadcast_batch(make_queue):
     queue = make_queue()
-    queue.publish_aligned(synthetic_examples(6))
-    leader = RedisSource(queue, consumer="c", rank=0, world_size=2, broadcast=lambda b: b,
+    queue.aligned.publish(synthetic_examples(6))
+    leader = RedisStream(queue, consumer="c", rank=0, world_size=2, broadcast=lambda b: b,
                          block_ms=50)
     batch = leader.next_batch(6)
     assert _ids(batch) == ["ex-0", "ex-2", "ex-4"]
-    follower = RedisSource(queue, consumer="c", rank=1, world_size=2,
+    follower = RedisStream(queue, consumer="c", rank=1, world_size=2,
                            broadcast=lambda _: list(zip(["1-0", "2-0", "3-0", "4-0", "5-0",
                                                          "6-0"], synthetic_examples(6),
                                                         strict=True)))
     assert _ids(follower.next_batch(6)) == ["ex-1", "ex-3", "ex-5"]
     with pytest.raises(ValueError, match="broadcast"):
-        RedisSource(queue, consumer="c", rank=1, world_size=2)
+        RedisStream(queue, consumer="c", rank=1, world_size=2)
 
 
 def test_unknown_job_is_a_clear_error(make_queue):
     queue = make_queue()
     with pytest.raises(ValueError, match="job 'nope' not found"):
-        RedisSource(queue, consumer="c", job="nope")
+        RedisStream(queue, consumer="c", job="nope")
 
 
 @pytest.fixture(scope="module")
@@ -140,14 +140,13 @@ def whole_run(model, tmp_path_factory) -> Path:
         pytest.skip(f"no Redis at {URL}")
     queue = Queue.from_url(URL, f"mgtest:{uuid.uuid4().hex[:12]}")
     try:
-        queue.publish_aligned(synthetic_examples(36))
+        queue.aligned.publish(synthetic_examples(36))
         out = tmp_path_factory.mktemp("redis-whole")
         summary = train(_config(model, queue, out))
         assert (summary["steps"], summary["stopped"]) == (6, "max_steps")
-        assert _pending(queue) == 0 and queue.trainer_lag() == 0
+        assert _pending(queue) == 0 and queue.aligned.lag() == 0
     finally:
-        for key in queue.redis.scan_iter(match=f"{queue.prefix}:*"):
-            queue.redis.delete(key)
+        drop_keys(queue.redis, queue.prefix)
         queue.close()
     served = [i for step in steps(out) for i in step["example_ids"]]
     assert served == [f"ex-{i}" for i in range(36)]  # stream order, each once
@@ -157,16 +156,16 @@ def whole_run(model, tmp_path_factory) -> Path:
 def test_stop_and_resume_is_exact(make_queue, model, whole_run, tmp_path):
     whole = whole_run
     queue = make_queue()
-    queue.publish_aligned(synthetic_examples(36))
+    queue.aligned.publish(synthetic_examples(36))
     first = train(_config(model, queue, tmp_path, stop_after=3))
     assert (first["steps"], first["stopped"]) == (3, "stop_after")
-    assert _pending(queue) == 0 and queue.trainer_lag() == 18  # 18 acked, 18 unread
+    assert _pending(queue) == 0 and queue.aligned.lag() == 18  # 18 acked, 18 unread
     second = train(_config(model, queue, tmp_path, resume="latest"))
     assert (second["start_step"], second["steps"]) == (3, 6)
     assert max_diff(weights(whole / "final"), weights(tmp_path / "final")) == 0.0
     assert [s["example_ids"] for s in steps(tmp_path)] == \
         [s["example_ids"] for s in steps(whole)]
-    assert _pending(queue) == 0 and queue.trainer_lag() == 0
+    assert _pending(queue) == 0 and queue.aligned.lag() == 0
 
 
 def test_killed_run_loses_nothing(make_queue, model, whole_run, tmp_path):
@@ -174,7 +173,7 @@ def test_killed_run_loses_nothing(make_queue, model, whole_run, tmp_path):
     entries were never acknowledged, so the resumed run trains on them again, exactly."""
     whole = whole_run
     queue = make_queue()
-    queue.publish_aligned(synthetic_examples(36))
+    queue.aligned.publish(synthetic_examples(36))
     args = ["--redis", URL, "--redis-prefix", queue.prefix, "--model", str(model),
             "--out", str(tmp_path), "--save-every", "2", "--loss", "is", "--max-steps", "6",
             "--global-batch", "6", "--batch-tokens", "40", "--lr", "1e-2", "--warmup-steps",
@@ -187,8 +186,9 @@ def test_killed_run_loses_nothing(make_queue, model, whole_run, tmp_path):
     if (tmp_path / "final").exists():
         pytest.skip("the run finished before the kill landed")
     unacked = _pending(queue)  # delivered after the last checkpoint, trained or not
-    result = subprocess.run([sys.executable, "-m", "mindgap.trainer", *args, "--resume"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run([sys.executable, "-m", "mindgap.trainer", *args, "--resume",
+                             "latest"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["start_step"] in (2, 4) and summary["steps"] == 6
@@ -197,7 +197,7 @@ def test_killed_run_loses_nothing(make_queue, model, whole_run, tmp_path):
     assert max_diff(weights(whole / "final"), weights(tmp_path / "final")) == 0.0
     assert [s["example_ids"] for s in steps(tmp_path)] == \
         [s["example_ids"] for s in steps(whole)]
-    assert _pending(queue) == 0 and queue.trainer_lag() == 0
+    assert _pending(queue) == 0 and queue.aligned.lag() == 0
 
 
 def test_streaming_consumes_each_example_once_and_stops_with_the_job(make_queue, model,
@@ -209,15 +209,15 @@ def test_streaming_consumes_each_example_once_and_stops_with_the_job(make_queue,
     problems = [Problem(id=e.problem_id, question="q", solution="s", answer="0")
                 for e in examples]
     by_problem = {e.problem_id: e for e in examples}
-    queue.create_job("live", problems)
+    queue.jobs.create("live", problems)
     written: list[str] = []
     errors: list[BaseException] = []
 
     def writer() -> None:
         try:
             while len(written) < len(problems):
-                tasks = queue.claim_tasks("writer", count=3, block_ms=100)
-                queue.complete_tasks([(t, by_problem[t.problem.id]) for t in tasks])
+                tasks = queue.tasks.claim("writer", count=3, block_ms=100)
+                queue.tasks.complete_many([(t, by_problem[t.problem.id]) for t in tasks])
                 written.extend(t.problem.id for t in tasks)
                 time.sleep(0.3)
         except BaseException as exc:  # reported by the test
@@ -228,13 +228,13 @@ def test_streaming_consumes_each_example_once_and_stops_with_the_job(make_queue,
     summary = train(_config(model, queue, tmp_path, job="live", max_steps=1000, global_batch=4))
     thread.join(timeout=60)
     assert not errors
-    assert queue.job_status("live")["status"] == "completed"
+    assert queue.jobs.status("live").status == "completed"
     assert summary["stopped"] == "exhausted" and summary["examples"] == 30
     served = [i for step in steps(tmp_path) for i in step["example_ids"]]
     assert sorted(served) == sorted(e.id for e in examples)  # each once
     assert summary["steps"] == 8  # 7 full batches of 4, then the last 2
     assert [len(s["example_ids"]) for s in steps(tmp_path)] == [4] * 7 + [2]
-    assert _pending(queue) == 0 and queue.trainer_lag() == 0
+    assert _pending(queue) == 0 and queue.aligned.lag() == 0
 
 
 def test_two_gloo_processes_read_the_stream_as_one(make_queue, model, whole_run, tmp_path):
@@ -242,7 +242,7 @@ def test_two_gloo_processes_read_the_stream_as_one(make_queue, model, whole_run,
     parameters match the single-process run on the same stream."""
     whole = whole_run
     queue = make_queue()
-    queue.publish_aligned(synthetic_examples(36))
+    queue.aligned.publish(synthetic_examples(36))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--standalone", "-m", "mindgap.trainer", "--redis", URL, "--redis-prefix", queue.prefix,
            "--model", str(model), "--out", str(tmp_path), "--loss", "is", "--max-steps", "6",
@@ -252,7 +252,7 @@ def test_two_gloo_processes_read_the_stream_as_one(make_queue, model, whole_run,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert max_diff(weights(whole / "final"), weights(tmp_path / "final")) < 1e-5
-    assert _pending(queue) == 0 and queue.trainer_lag() == 0
+    assert _pending(queue) == 0 and queue.aligned.lag() == 0
 
 
 def test_backpressure_with_checkpoint_acks_does_not_stall(make_queue, model, tmp_path):
@@ -267,7 +267,7 @@ def test_backpressure_with_checkpoint_acks_does_not_stall(make_queue, model, tmp
     queue = make_queue()
     problems = [Problem(id=f"p{i}", question=f"q{i} ANSWER={i}", solution=f"\\boxed{{{i}}}",
                         answer=str(i)) for i in range(40)]
-    queue.create_job("stall", problems)
+    queue.jobs.create("stall", problems)
     summary: dict = {}
     trainer = threading.Thread(target=lambda: summary.update(train(_config(
         model, queue, tmp_path, job="stall", max_steps=1000, global_batch=4, save_every=0))),
@@ -275,14 +275,14 @@ def test_backpressure_with_checkpoint_acks_does_not_stall(make_queue, model, tmp
     with LocalVerifier(workers=1) as verifier:
         worker = Worker(queue, ScriptedEngine(bernoulli_script(1.0)), verifier, "w0",
                         batch_size=4, block_ms=100,
-                        backpressure=Backpressure(queue, 10, 5, interval_s=0.1))
+                        backpressure=Backpressure(queue.aligned, 10, 5, interval_s=0.1))
         runner = threading.Thread(target=worker.run, daemon=True)
         runner.start()
         trainer.start()
         trainer.join(timeout=180)
         worker.stop.set()
         runner.join(timeout=30)
-    assert not trainer.is_alive(), f"trainer stalled: {queue.job_status('stall')}"
-    assert queue.job_status("stall")["status"] == "completed"
+    assert not trainer.is_alive(), f"trainer stalled: {queue.jobs.status('stall')}"
+    assert queue.jobs.status("stall").status == "completed"
     assert summary["stopped"] == "exhausted" and summary["examples"] == 40
-    assert _pending(queue) == 0 and queue.trainer_lag() == 0
+    assert _pending(queue) == 0 and queue.aligned.lag() == 0

@@ -15,7 +15,7 @@ import torch
 
 from mindgap.trainer.config import TrainConfig
 from mindgap.trainer.loop import train
-from mindgap.trainer.sources import FileSource
+from mindgap.trainer.sources import FileStream
 from mindgap.trainer.testing import save_tiny_model, synthetic_examples, write_jsonl
 from tests.training import ROOT, kill_when, max_diff, steps, subprocess_env, weights
 
@@ -78,7 +78,7 @@ def test_stop_and_resume_is_exact(setup, whole_run):
     # The data position continues: the served sequence is the source's own, with no example
     # repeated or skipped (20 examples, 36 served: one epoch, then 16 of the next).
     served = [i for ids in ids_resumed for i in ids]
-    expected = [e.id for _, e in FileSource(data, seed=0).next_batch(36)]
+    expected = [e.id for _, e in FileStream(data, seed=0).next_batch(36)]
     assert served == expected
     assert sorted(served[:20]) == sorted(f"ex-{i}" for i in range(20))
     # The loss, the schedule and the optimizer continued too.
@@ -100,7 +100,7 @@ def test_killed_run_resumes_exactly(setup, whole_run):
     if (out / "final").exists():
         pytest.skip("the run finished before the kill landed (machine too fast)")
     result = _cli(["--data", str(data), "--model", str(model), "--out", str(out),
-                   "--save-every", "1", "--keep-last", "2", "--resume", *TRAIN_ARGS])
+                   "--save-every", "1", "--keep-last", "2", "--resume", "latest", *TRAIN_ARGS])
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert 2 <= summary["start_step"] < 6 and summary["steps"] == 6
     assert max_diff(weights(whole / "final"), weights(out / "final")) == 0.0
@@ -135,7 +135,7 @@ def test_smollm2_smoke_lowers_the_loss(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mindgap.rewriter.model_store import resolve_model
-    from mindgap.schemas import Behavior, SamplingParams
+    from mindgap.schemas import SOURCES, Behavior, RewriteOptions, SamplingParams
     from mindgap.trainer.loop import evaluate
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -145,7 +145,7 @@ def test_smollm2_smoke_lowers_the_loss(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     examples = []
-    for i, source in enumerate(["self", "guided", "expert"] * 3):
+    for i, source in enumerate(SOURCES * 3):
         if i == 8:
             break
         a, b = 3 + i, 4 + 2 * i
@@ -157,7 +157,7 @@ def test_smollm2_smoke_lowers_the_loss(tmp_path):
             + [tok.eos_token_id]
         behavior = None if source == "expert" else Behavior(
             logprobs=[-1.0 - 0.1 * (j % 7) for j in range(len(ids))], prompt_kind="plain",
-            model="smollm2", sampling=SamplingParams())
+            model="smollm2", sampling=SamplingParams.of(RewriteOptions()))
         base = synthetic_examples(1)[0]
         examples.append(base.model_copy(update={
             "id": f"smoke-{i}", "prompt": prompt, "response_token_ids": ids,
@@ -165,7 +165,8 @@ def test_smollm2_smoke_lowers_the_loss(tmp_path):
     assert all(len(tok(e.prompt, add_special_tokens=False)["input_ids"])
                + len(e.response_token_ids) <= 40 for e in examples)
 
-    before = evaluate(model, tok, examples, loss="sft")
+    measure = TrainConfig(loss="sft")
+    before = evaluate(model, tok, examples, measure)
     results = {}
     for kind in ("sft", "dft", "is"):
         model.load_state_dict(initial)
@@ -174,8 +175,8 @@ def test_smollm2_smoke_lowers_the_loss(tmp_path):
                              save_final=False, tensorboard=False)
         t0 = time.perf_counter()
         summary = train(config, model=model, tokenizer=tok,
-                        source=FileSource.from_examples(examples, seed=0))
-        after = evaluate(model, tok, examples, loss="sft")
+                        stream=FileStream.from_examples(examples, seed=0))
+        after = evaluate(model, tok, examples, measure)
         results[kind] = (before["ce"], after["ce"], time.perf_counter() - t0)
         assert summary["steps"] == 3
         assert after["ce"] < before["ce"], (kind, before["ce"], after["ce"])

@@ -1,4 +1,4 @@
-"""Collation (tokens, masks, behavior alignment, truncation, micro-batches) and FileSource."""
+"""Collation (tokens, masks, behavior alignment, truncation, micro-batches) and FileStream."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from mindgap.schemas import Behavior, SamplingParams
+from mindgap.schemas import Behavior, RewriteOptions, SamplingParams
 from mindgap.trainer.collate import Dropped, Encoded, collate, encode_example, micro_batches
-from mindgap.trainer.sources import FileSource
+from mindgap.trainer.sources import FileStream
 from mindgap.trainer.testing import char_tokenizer, synthetic_examples, write_jsonl
 
 
@@ -22,7 +22,8 @@ def _example(prompt="abc", ids=(40, 41, 42, 1), logprobs=(-1.0, -2.0, -3.0, -4.0
              source="self"):
     e = synthetic_examples(1, sources=(source,))[0]
     behavior = None if logprobs is None else Behavior(
-        logprobs=list(logprobs), prompt_kind="plain", model="m", sampling=SamplingParams())
+        logprobs=list(logprobs), prompt_kind="plain", model="m",
+        sampling=SamplingParams.of(RewriteOptions()))
     return e.model_copy(update={"prompt": prompt, "response_token_ids": list(ids),
                                 "behavior": behavior})
 
@@ -83,7 +84,7 @@ def _ids(batch):
 
 def test_file_source_epochs_shuffle_and_resume(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", synthetic_examples(10))
-    src = FileSource(path, seed=7, epochs=2)
+    src = FileStream(path, seed=7, epochs=2)
     seen = []
     while batch := src.next_batch(4):
         seen.append(_ids(batch))
@@ -93,32 +94,32 @@ def test_file_source_epochs_shuffle_and_resume(tmp_path):
     assert sorted(flat[:10]) == sorted(flat[10:]) == sorted(f"ex-{i}" for i in range(10))
     assert flat[:10] != flat[10:]  # another order each epoch
     assert flat[:10] != [f"ex-{i}" for i in range(10)]
-    again = FileSource(path, seed=7, epochs=2)
+    again = FileStream(path, seed=7, epochs=2)
     assert _ids(again.next_batch(20)) == flat  # deterministic
 
     # Save after 2 committed batches with a third read but not committed: resume re-serves it.
-    src = FileSource(path, seed=7, epochs=2)
+    src = FileStream(path, seed=7, epochs=2)
     for _ in range(2):
         b = src.next_batch(4)
         src.commit([k for k, _ in b])
     src.next_batch(4)
     state = json.loads(json.dumps(src.state()))
     assert (state["epoch"], state["offset"]) == (0, 8)
-    resumed = FileSource(path, seed=7, epochs=2)
+    resumed = FileStream(path, seed=7, epochs=2)
     resumed.load_state(state)
     rest = []
     while batch := resumed.next_batch(4):
         rest.extend(_ids(batch))
     assert flat[:8] + rest == flat
-    other = FileSource(write_jsonl(tmp_path / "o.jsonl", synthetic_examples(9)), seed=7)
+    other = FileStream(write_jsonl(tmp_path / "o.jsonl", synthetic_examples(9)), seed=7)
     with pytest.raises(ValueError, match="other data"):
         other.load_state(state)
 
 
 def test_file_source_shards_by_rank(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", synthetic_examples(12))
-    whole = FileSource(path, seed=1)
-    ranks = [FileSource(path, seed=1, rank=r, world_size=3) for r in range(3)]
+    whole = FileStream(path, seed=1)
+    ranks = [FileStream(path, seed=1, rank=r, world_size=3) for r in range(3)]
     for _ in range(3):  # 18 examples: into the second epoch
         batch = _ids(whole.next_batch(6))
         served = [r.next_batch(6) for r in ranks]
@@ -134,7 +135,7 @@ def test_file_source_shards_by_rank(tmp_path):
 
 
 def test_file_source_commit_only_after_all_keys(tmp_path):
-    src = FileSource.from_examples(synthetic_examples(6), shuffle=False)
+    src = FileStream.from_examples(synthetic_examples(6), shuffle=False)
     a = src.next_batch(2)
     b = src.next_batch(2)
     src.commit([a[0][0]])
@@ -152,7 +153,7 @@ def test_file_source_parquet(tmp_path):
     examples = synthetic_examples(5)
     table = pa.Table.from_pylist([e.model_dump(mode="json") for e in examples])
     pq.write_table(table, tmp_path / "d.parquet")
-    src = FileSource(tmp_path / "d.parquet", shuffle=False)
+    src = FileStream(tmp_path / "d.parquet", shuffle=False)
     got = [e for _, e in src.next_batch(5)]
     assert got == examples
     assert torch.is_tensor(torch.tensor(got[0].response_token_ids))

@@ -33,6 +33,7 @@ def _loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor], kind
     model.zero_grad(set_to_none=True)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     n = num_tokens if num_tokens is not None else float(batch["loss_mask"].sum())
+    kwargs.setdefault("clip", 5.0)
     loss, stats = loss_from_logits(logits, batch["targets"], batch["loss_mask"], kind, n,
                                    source_ids=batch["source_ids"], **kwargs)
     loss.backward()
@@ -103,14 +104,15 @@ def test_token_weights_by_hand():
     logp = torch.log(torch.tensor([[0.5, 0.2, 0.9, 0.1]]))
     q = torch.log(torch.tensor([[0.25, 0.01, 0.9, 0.5]]))
     has = torch.tensor([[True, True, True, False]])
-    torch.testing.assert_close(token_weights(logp, "sft"), torch.ones(1, 4))
-    torch.testing.assert_close(token_weights(logp, "dft"), torch.tensor([[0.5, 0.2, 0.9, 0.1]]))
+    torch.testing.assert_close(token_weights(logp, "sft", clip=5.0), torch.ones(1, 4))
+    torch.testing.assert_close(token_weights(logp, "dft", clip=5.0),
+                               torch.tensor([[0.5, 0.2, 0.9, 0.1]]))
     # 0.5/0.25 = 2; 0.2/0.01 = 20 -> C = 5; 0.9/0.9 = 1; no record -> p = 0.1
     torch.testing.assert_close(
         token_weights(logp, "is", behavior_logprobs=q, has_behavior=has, clip=5.0),
         torch.tensor([[2.0, 5.0, 1.0, 0.1]]))
     with pytest.raises(ValueError):
-        token_weights(logp, "ppo")  # type: ignore[arg-type]
+        token_weights(logp, "ppo", clip=5.0)  # type: ignore[arg-type]
 
 
 def test_prompt_tokens_get_no_gradient(batch):
@@ -193,7 +195,7 @@ def test_global_normalisation_independent_of_split(kind):
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             loss, s = loss_from_logits(logits, b["targets"], b["loss_mask"], kind, total,
                                        behavior_logprobs=b["behavior_logprobs"],
-                                       has_behavior=b["has_behavior"],
+                                       has_behavior=b["has_behavior"], clip=5.0,
                                        source_ids=b["source_ids"])
             loss.backward()
             loss_total += loss.item()
@@ -212,7 +214,7 @@ def test_global_normalisation_independent_of_split(kind):
 def test_stats_by_hand():
     logp = torch.log(torch.tensor([[0.5, 0.25, 0.5], [0.8, 0.5, 0.5]]))
     mask = torch.tensor([[True, True, False], [True, True, True]])
-    loss, stats = token_loss(logp, mask, "dft", 5.0, source_ids=torch.tensor([0, 2]))
+    loss, stats = token_loss(logp, mask, "dft", 5.0, clip=5.0, source_ids=torch.tensor([0, 2]))
     s = stats.summary()
     w = [0.5, 0.25, 0.8, 0.5, 0.5]
     assert s["tokens"] == 5
