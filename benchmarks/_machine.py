@@ -1,8 +1,10 @@
-"""What the benchmarks share: where results go, what they were measured on, a plain table."""
+"""What the benchmarks share: where data and results go, what they were measured on, a
+plain table."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -51,6 +53,29 @@ def machine_info() -> dict[str, Any]:
         "load_average_at_start": list(os.getloadavg()),
         "versions": {name: package_version(name) for name in VERSIONED},
     }
+
+
+def end_load(info: dict[str, Any]) -> str:
+    """Record the load average now in ``info`` (from :func:`machine_info`); a line comparing
+    it with the load at the start."""
+    load_end = list(os.getloadavg())
+    info["load_average_at_end"] = load_end
+    return (f"load average (1 min) at start {info['load_average_at_start'][0]:.2f}, "
+            f"at end {load_end[0]:.2f} on {info['cores']} cores")
+
+
+def require_data(*paths: Path) -> None:
+    """Exit with an error unless every benchmark data file exists."""
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        sys.exit(f"error: benchmark data not found: {', '.join(missing)} (the benchmark data "
+                 "is ../shared/data/benchmarks next to the project; --data-dir points elsewhere)")
+
+
+def save_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

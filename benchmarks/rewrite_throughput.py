@@ -26,7 +26,6 @@ Results: ``benchmarks/results/rewrite_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -36,25 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+import _machine
 
-from _machine import (  # noqa: E402
-    DEFAULT_DATA_DIR,
-    RESULTS,
-    format_table,
-    machine_info,
-    verdict,
-)
+from mindgap.datasets import read_problems
+from mindgap.rewriter.aligner import Aligner
+from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script
+from mindgap.rewriter.rewrite import rewrite
+from mindgap.schemas import Problem, RewriteOptions
+from mindgap.verifier.pool import LocalVerifier
 
-from mindgap.datasets import read_problems  # noqa: E402
-from mindgap.rewriter.aligner import Aligner  # noqa: E402
-from mindgap.rewriter.engines.base import Engine, Sample  # noqa: E402
-from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script  # noqa: E402
-from mindgap.rewriter.rewrite import rewrite  # noqa: E402
-from mindgap.schemas import Problem, RewriteOptions  # noqa: E402
-from mindgap.verifier.pool import LocalVerifier  # noqa: E402
-
-DEFAULT_OUTPUT = RESULTS / "rewrite_throughput.json"
+DEFAULT_OUTPUT = _machine.RESULTS / "rewrite_throughput.json"
 TARGET_RATIO = 0.9
 TARGET_SAVING_AT_P06 = 2.0
 
@@ -91,8 +82,8 @@ class RecordingEngine(Engine):
         self.eos_token_id = inner.eos_token_id
         self.calls: list[Call] = []
 
-    def generate(self, prompts: list[str], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 max_tokens: int = 512, seed: int | None = None) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seed: int | None = None) -> list[list[Sample]]:
         start = time.perf_counter()
         out = self.inner.generate(prompts, n=n, temperature=temperature, top_p=top_p,
                                   max_tokens=max_tokens, seed=seed)
@@ -102,8 +93,9 @@ class RecordingEngine(Engine):
                                tokens))
         return out
 
-    def score(self, prompt: str, token_ids: list[int], temperature: float = 1.0) -> list[float]:
-        return self.inner.score(prompt, token_ids, temperature)
+    def _score_tokens(self, prompt_ids: list[int], token_ids: list[int],
+                      temperature: float) -> list[float]:
+        return self.inner._score_tokens(prompt_ids, token_ids, temperature)
 
     def render_chat(self, user_message: str) -> str:
         return self.inner.render_chat(user_message)
@@ -144,7 +136,7 @@ def make_engine(kind: str, seed: int) -> Engine:
 def warm_up(engine: Engine, problems: Sequence[Problem]) -> None:
     """One small untimed call, so that lazy initialisation counts on neither side."""
     prompts = [engine.render_chat(p.question) for p in problems[:2]]
-    engine.generate(prompts, n=1, max_tokens=16, seed=12345)
+    engine.generate(prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=12345)
 
 
 def pipeline_vs_direct(engine: Engine, kind: str, problems: list[Problem],
@@ -223,7 +215,7 @@ def scripted_problems(count: int) -> list[Problem]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", type=Path, default=_machine.DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--n", type=int, default=16, help="GSM8K problems (vLLM engine)")
     parser.add_argument("--n-transformers", type=int, default=8,
@@ -241,19 +233,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run (a) and (b), print the tables, save the JSON."""
-    args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    data = args.data_dir / "gsm8k_test.jsonl"
-    if not data.is_file():
-        sys.exit(f"error: {data} not found: the benchmark data (../shared/data/benchmarks "
-                 "next to the project) is absent")
-    info = machine_info()
-    started = time.perf_counter()
-    problems = read_problems(str(data), preset="gsm8k", limit=max(args.n, args.n_transformers))
-    config = RewriteOptions(k_self=args.k_self, k_guided=args.k_guided, round_size=1,
-                           max_tokens=args.max_tokens, seed=args.seed)
+def run_all(args: argparse.Namespace, problems: list[Problem], config: RewriteOptions
+            ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
+    """(a) on each engine; (b) with the real model (vLLM) and with the scripted engine."""
     throughput: list[dict[str, Any]] = []
     real_b: dict[str, Any] | None = None
     scripted: dict[str, Any] = {}
@@ -279,13 +261,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             scripted[str(p)] = adaptive_vs_fixed(
                 ScriptedEngine(bernoulli_script(p, seed=args.seed)), synthetic, verifier,
                 args.k_fixed, args.max_tokens, args.seed, f"scripted p={p}")
-    load_end = list(os.getloadavg())
-    total_s = time.perf_counter() - started
+    return throughput, real_b, scripted
 
+
+def print_throughput(args: argparse.Namespace, throughput: list[dict[str, Any]]) -> None:
+    """Table (a): the pipeline against the engine alone."""
     print(f"(a) rewrite pipeline vs the engine alone: k_self {args.k_self}, k_guided "
           f"{args.k_guided}, round_size 1, max_tokens {args.max_tokens}, all problems in one "
           "aligner batch; throughput in generated tokens/s")
-    print(format_table(
+    print(_machine.format_table(
         ["engine", "N", "calls", "samples", "tokens", "pipe s", "gen s", "direct s", "pipe p/s",
          "direct p/s", "pipe tok/s", "direct tok/s", "ratio", "same tok", "target >= 0.9"],
         [[r["engine"], str(r["problems"]), str(r["calls"]), str(r["samples"]),
@@ -293,11 +277,15 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{r['direct_s']:.1f}", f"{r['pipeline_problems_per_s']:.3f}",
           f"{r['direct_problems_per_s']:.3f}", f"{r['pipeline_tokens_per_s']:.1f}",
           f"{r['direct_tokens_per_s']:.1f}", f"{r['ratio']:.3f}",
-          "yes" if r["same_tokens_per_call"] else "no", verdict(r["pass"])]
+          "yes" if r["same_tokens_per_call"] else "no", _machine.verdict(r["pass"])]
          for r in throughput]))
     for r in throughput:
         print(f"  {r['engine']}: sources {r['sources']}")
 
+
+def print_adaptive(args: argparse.Namespace, real_b: dict[str, Any] | None,
+                   scripted: dict[str, Any]) -> None:
+    """Table (b): adaptive rounds against a fixed K, real model and scripted engine."""
     rows = []
     if real_b is not None:
         rows.append(["vllm (real)", "-", str(real_b["problems"]),
@@ -307,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{real_b['fixed']['solved']} ({real_b['fixed']['yield']:.3f})",
                      f"{real_b['ratio_fixed_over_adaptive']:.2f}x", "-"])
     for p, run in scripted.items():
-        target = verdict(run["ratio_fixed_over_adaptive"] >= TARGET_SAVING_AT_P06) \
+        target = _machine.verdict(run["ratio_fixed_over_adaptive"] >= TARGET_SAVING_AT_P06) \
             if abs(float(p) - 0.6) < 1e-9 else "-"
         rows.append(["scripted", p, str(run["problems"]), str(run["adaptive"]["tokens"]),
                      str(run["fixed"]["tokens"]), str(run["adaptive"]["samples"]),
@@ -316,14 +304,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{run['ratio_fixed_over_adaptive']:.2f}x", target])
     print(f"\n(b) adaptive rounds (round_size 1) vs fixed K={args.k_fixed} (round_size "
           f"{args.k_fixed}), self only; yield = problems with a correct response")
-    print(format_table(["engine", "p", "N", "tok adaptive", "tok fixed", "smp adaptive",
+    print(_machine.format_table(["engine", "p", "N", "tok adaptive", "tok fixed", "smp adaptive",
                         "smp fixed", "yield adaptive", "yield fixed", "fixed/adaptive",
                         "target >= 2x @0.6"], rows))
-    print(f"\nload average (1 min) at start {info['load_average_at_start'][0]:.2f}, "
-          f"at end {load_end[0]:.2f} on {info['cores']} cores; total {total_s:.0f} s")
 
-    info["load_average_at_end"] = load_end
-    result = {
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run (a) and (b), print the tables, save the JSON."""
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    data = args.data_dir / "gsm8k_test.jsonl"
+    _machine.require_data(data)
+    info = _machine.machine_info()
+    started = time.perf_counter()
+    problems = read_problems(str(data), preset="gsm8k", limit=max(args.n, args.n_transformers))
+    config = RewriteOptions(k_self=args.k_self, k_guided=args.k_guided, round_size=1,
+                           max_tokens=args.max_tokens, seed=args.seed)
+    throughput, real_b, scripted = run_all(args, problems, config)
+    load = _machine.end_load(info)
+    total_s = time.perf_counter() - started
+
+    print_throughput(args, throughput)
+    print_adaptive(args, real_b, scripted)
+    print(f"\n{load}; total {total_s:.0f} s")
+    _machine.save_json(args.out, {
         "benchmark": "rewrite_throughput",
         "machine": info,
         "settings": {**{k: (str(v) if isinstance(v, Path) else v)
@@ -339,12 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "scripted_p0.6_fixed_over_adaptive_ge_2": (
                         scripted["0.6"]["ratio_fixed_over_adaptive"] >= TARGET_SAVING_AT_P06
                         if "0.6" in scripted else None)},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    })
     print(f"json: {args.out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import socket
@@ -41,23 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _machine
 import httpx
 from tqdm import tqdm
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from mindgap.jsonl import json_lines
+from mindgap.schemas import VerifyBatchResponse, VerifyRequest, VerifyResult
+from mindgap.verifier.pool import LocalVerifier
 
-from _machine import (  # noqa: E402
-    DEFAULT_DATA_DIR,
-    RESULTS,
-    format_table,
-    machine_info,
-    verdict,
-)
-
-from mindgap.schemas import VerifyBatchResponse, VerifyRequest, VerifyResult  # noqa: E402
-from mindgap.verifier.pool import LocalVerifier  # noqa: E402
-
-DEFAULT_OUTPUT = RESULTS / "verifier_throughput.json"
+DEFAULT_OUTPUT = _machine.RESULTS / "verifier_throughput.json"
 HTTP_CHUNK = 256
 IN_FLIGHT = 2
 LATENCY_CALLS = 300
@@ -118,20 +109,20 @@ class MethodRun:
 # --------------------------------------------------------------------------- data
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def _rows(path: Path, limit: int | None) -> list[dict[str, Any]]:
+    """The first ``limit`` (None: all) rows of a JSON-lines file."""
+    return [row for _, row in json_lines(path)][:limit]
 
 
 def load_math500(path: Path, limit: int | None) -> list[Pair]:
     """MATH-500 pairs: the worked ``solution`` against the bare ``answer``."""
-    rows = _read_jsonl(path)[:limit]
+    rows = _rows(path, limit)
     return [Pair("math500", i, row["solution"], row["answer"]) for i, row in enumerate(rows)]
 
 
 def load_gsm8k(path: Path, limit: int | None) -> list[Pair]:
     """GSM8K pairs: the full ``answer`` text against the number after ``####``."""
-    rows = _read_jsonl(path)[:limit]
+    rows = _rows(path, limit)
     pairs = []
     for i, row in enumerate(rows):
         text: str = row["answer"]
@@ -314,7 +305,7 @@ class VerifierServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mindgap.cli", "serve", "verifier", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning"],
-            cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=_machine.PROJECT_ROOT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         try:
             self._wait_ready()
@@ -471,20 +462,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+    parser.add_argument("--data-dir", type=Path, default=_machine.DEFAULT_DATA_DIR,
                         help="folder holding math500.jsonl and gsm8k_test.jsonl")
     parser.add_argument("--limit", type=int, default=None,
                         help="pairs per dataset (default: all, 500 + 1319)")
-    parser.add_argument("--copies", type=int, default=40,
-                        help="pool and HTTP throughput: the pairs this many times over")
-    parser.add_argument("--chunk", type=int, default=HTTP_CHUNK,
-                        help="items per /v1/verify/batch request")
-    parser.add_argument("--latency-calls", type=int, default=LATENCY_CALLS,
-                        help="sequential /v1/verify calls per latency measurement")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="timed passes per throughput measurement; the best is reported")
-    parser.add_argument("--examples", type=int, default=5,
-                        help="disagreement examples kept per dataset")
+    for flag, default, text in (
+        ("--copies", 40, "pool and HTTP throughput: the pairs this many times over"),
+        ("--chunk", HTTP_CHUNK, "items per /v1/verify/batch request"),
+        ("--latency-calls", LATENCY_CALLS, "sequential /v1/verify calls per latency measurement"),
+        ("--repeat", 3, "timed passes per throughput measurement; the best is reported"),
+        ("--examples", 5, "disagreement examples kept per dataset"),
+    ):
+        parser.add_argument(flag, type=int, default=default, help=text)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-mismatched", action="store_true",
@@ -499,28 +488,49 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run every measurement, print the table, write the JSON; the exit status.
+def load_pairs(data_dir: Path, limit: int | None) -> tuple[list[Pair], list[Pair]]:
+    """The MATH-500 and the GSM8K pairs (exits when a data file is missing)."""
+    math500, gsm8k = data_dir / "math500.jsonl", data_dir / "gsm8k_test.jsonl"
+    _machine.require_data(math500, gsm8k)
+    return load_math500(math500, limit), load_gsm8k(gsm8k, limit)
 
-    The status is 1 only with ``--strict`` and a missed target.
-    """
-    args = parse_args(argv)
+
+@dataclass
+class Measurements:
+    """What one run measured: each method on the pairs, latencies, the mismatched runs."""
+
+    pairs: list[Pair]
+    direct: MethodRun
+    pool: MethodRun
+    pool_results: list[VerifyResult]
+    http: MethodRun
+    http_results: list[VerifyResult]
+    latency_int: dict[str, Any]
+    latency_math: dict[str, Any]
+    server_startup_s: float | None
+    wrong: list[Pair]
+    wrong_runs: list[MethodRun]
+    """The direct and the pool run on the mismatched pairs (none with ``--no-mismatched``)."""
+    wrong_pool_results: list[VerifyResult]
+
+    def ratios(self) -> dict[str, float]:
+        """Pool over direct and HTTP over pool, in items per second."""
+        return {"pool_over_direct": self.pool.rate / self.direct.rate,
+                "http_over_pool": self.http.rate / self.pool.rate}
+
+    def checks(self) -> dict[str, bool]:
+        """Whether each target is met."""
+        ratios = self.ratios()
+        return {"pool_over_direct": ratios["pool_over_direct"] >= TARGET_POOL_OVER_DIRECT,
+                "http_over_pool": ratios["http_over_pool"] >= TARGET_HTTP_OVER_POOL,
+                "p99_single_call_int": self.latency_int["p99_ms"] < TARGET_P99_INT_MS}
+
+
+def measure(args: argparse.Namespace, math_pairs: list[Pair],
+            gsm_pairs: list[Pair]) -> Measurements:
+    """Time direct, pool and HTTP on the pairs, the single-call latency, then the mismatched."""
     progress = not args.no_progress
-    data_dir: Path = args.data_dir
-    files = {"math500": data_dir / "math500.jsonl", "gsm8k": data_dir / "gsm8k_test.jsonl"}
-    missing = [str(p) for p in files.values() if not p.is_file()]
-    if missing:
-        sys.exit(f"verifier_throughput: benchmark data not found: {', '.join(missing)}\n"
-                 f"(expected under {data_dir}; pass --data-dir to point elsewhere)")
-
-    math_pairs = load_math500(files["math500"], args.limit)
-    gsm_pairs = load_gsm8k(files["gsm8k"], args.limit)
     pairs = math_pairs + gsm_pairs
-    info = machine_info()
-    wall_start = time.perf_counter()
-    print(f"verifier throughput: {len(math_pairs)} MATH-500 + {len(gsm_pairs)} GSM8K pairs, "
-          f"{info['cores']} cores, Python {info['python']}", file=sys.stderr)
-
     direct = run_direct(pairs, progress, args.repeat)
     bulk = list(pairs) * args.copies
     pool, pool_results = first_copy(*run_pool(bulk, progress, args.repeat), len(pairs))
@@ -538,129 +548,152 @@ def main(argv: Sequence[str] | None = None) -> int:
         wrong_direct = run_direct(wrong, progress, args.repeat, " [mismatched]")
         wrong_pool, wrong_pool_results = run_pool(wrong, progress, args.repeat, " [mismatched]")
         wrong_runs = [wrong_direct, wrong_pool]
+    return Measurements(pairs, direct, pool, pool_results, http, http_results, latency_int,
+                        latency_math, server_startup_s, wrong, wrong_runs, wrong_pool_results)
 
-    pool_ratio = pool.rate / direct.rate
-    http_ratio = http.rate / pool.rate
-    checks = {
-        "pool_over_direct": pool_ratio >= TARGET_POOL_OVER_DIRECT,
-        "http_over_pool": http_ratio >= TARGET_HTTP_OVER_POOL,
-        "p99_single_call_int": latency_int["p99_ms"] < TARGET_P99_INT_MS,
-    }
 
-    table = format_table(
+def method_table(m: Measurements, checks: dict[str, bool]) -> str:
+    """Items per second of every method, with the ratio targets."""
+    ratios = m.ratios()
+    wrong_rows = [[run.name, str(run.items), f"{run.seconds:.2f}", f"{run.rate:.1f}",
+                   f"{m.wrong_runs[1].rate / m.wrong_runs[0].rate:.2f}x pool/direct"
+                   if run is m.wrong_runs[1] else "-", "-", "info"] for run in m.wrong_runs]
+    return _machine.format_table(
         ["method", "items", "seconds", "items/s", "ratio", "target", "result"],
         [
-            [direct.name, str(direct.items), f"{direct.seconds:.2f}", f"{direct.rate:.1f}",
-             "-", "-", "-"],
-            [pool.name, str(pool.items), f"{pool.seconds:.2f}", f"{pool.rate:.1f}",
-             f"{pool_ratio:.2f}x pool/direct", f">= {TARGET_POOL_OVER_DIRECT}",
-             verdict(checks["pool_over_direct"])],
-            [http.name, str(http.items), f"{http.seconds:.2f}", f"{http.rate:.1f}",
-             f"{http_ratio:.2f}x http/pool", f">= {TARGET_HTTP_OVER_POOL}",
-             verdict(checks["http_over_pool"])],
-            *([[run.name, str(run.items), f"{run.seconds:.2f}", f"{run.rate:.1f}",
-                f"{wrong_runs[1].rate / wrong_runs[0].rate:.2f}x pool/direct"
-                if run is wrong_runs[1] else "-", "-", "info"] for run in wrong_runs]),
+            [m.direct.name, str(m.direct.items), f"{m.direct.seconds:.2f}",
+             f"{m.direct.rate:.1f}", "-", "-", "-"],
+            [m.pool.name, str(m.pool.items), f"{m.pool.seconds:.2f}", f"{m.pool.rate:.1f}",
+             f"{ratios['pool_over_direct']:.2f}x pool/direct", f">= {TARGET_POOL_OVER_DIRECT}",
+             _machine.verdict(checks["pool_over_direct"])],
+            [m.http.name, str(m.http.items), f"{m.http.seconds:.2f}", f"{m.http.rate:.1f}",
+             f"{ratios['http_over_pool']:.2f}x http/pool", f">= {TARGET_HTTP_OVER_POOL}",
+             _machine.verdict(checks["http_over_pool"])],
+            *wrong_rows,
         ],
     )
-    latency_table = format_table(
+
+
+def latency_table(m: Measurements, checks: dict[str, bool]) -> str:
+    """p50/p99/max of the single calls, with the integer-answer target."""
+    targets = [(m.latency_int, f"p99 < {TARGET_P99_INT_MS:g} ms",
+                _machine.verdict(checks["p99_single_call_int"])), (m.latency_math, "-", "info")]
+    return _machine.format_table(
         ["latency (POST /v1/verify)", "calls", "p50 ms", "p99 ms", "max ms", "target", "result"],
-        [
-            [latency_int["label"], str(latency_int["calls"]), f"{latency_int['p50_ms']:.1f}",
-             f"{latency_int['p99_ms']:.1f}", f"{latency_int['max_ms']:.1f}",
-             f"p99 < {TARGET_P99_INT_MS:g} ms", verdict(checks["p99_single_call_int"])],
-            [latency_math["label"], str(latency_math["calls"]), f"{latency_math['p50_ms']:.1f}",
-             f"{latency_math['p99_ms']:.1f}", f"{latency_math['max_ms']:.1f}", "-", "info"],
-        ],
+        [[lat["label"], str(lat["calls"]), f"{lat['p50_ms']:.1f}", f"{lat['p99_ms']:.1f}",
+          f"{lat['max_ms']:.1f}", target, result] for lat, target, result in targets],
     )
-    runs = [direct, pool, http]
-    agree = {run.name: agreement(pairs, run) for run in runs}
-    diff_direct_pool = disagreements(pairs, direct, pool, pool_results, args.examples)
-    diff_pool_http = disagreements(pairs, pool, http, http_results, args.examples)
-    wrong_correct = {run.name: agreement(wrong, run) for run in wrong_runs}
-    agree_table = format_table(
+
+
+def all_disagreements(m: Measurements, examples: int) -> dict[str, dict[str, Any] | None]:
+    """Direct vs pool and pool vs HTTP on the pairs; direct vs pool on the mismatched."""
+    return {
+        "direct_vs_pool": disagreements(m.pairs, m.direct, m.pool, m.pool_results, examples),
+        "pool_vs_http": disagreements(m.pairs, m.pool, m.http, m.http_results, examples),
+        "mismatched_direct_vs_pool": disagreements(
+            m.wrong, m.wrong_runs[0], m.wrong_runs[1], m.wrong_pool_results, examples)
+        if m.wrong_runs else None,
+    }
+
+
+def print_results(m: Measurements, tables: dict[str, str], correct: dict[str, dict[str, float]],
+                  diffs: dict[str, dict[str, Any] | None]) -> None:
+    """The tables, the disagreements with examples, the reasons and CPU seconds."""
+    agree_table = _machine.format_table(
         ["fraction judged correct", "math500", "gsm8k", "all"],
         [[name, *(f"{a.get(k, float('nan')):.3f}" for k in ("math500", "gsm8k", "all"))]
-         for name, a in {**agree, **wrong_correct}.items()],
+         for name, a in correct.items()],
     )
-    diffs = [diff_direct_pool, diff_pool_http]
-    if wrong_runs:
-        diffs.append(disagreements(wrong, wrong_runs[0], wrong_runs[1], wrong_pool_results,
-                                   args.examples))
-    total_s = time.perf_counter() - wall_start
-
-    print(table)
+    print("\n\n".join([tables["table"], tables["latency_table"], agree_table]))
     print()
-    print(latency_table)
-    print()
-    print(agree_table)
-    print()
-    for diff in diffs:
+    for diff in diffs.values():
+        if diff is None:
+            continue
         a_name, b_name = diff["between"]
         print(f"disagreements {a_name} vs {b_name}: {diff['count']} {diff['by_dataset']}")
         for ex in diff["examples"]:
             print(f"  {ex['dataset']}[{ex['index']}] ref={ex['reference']!r} "
                   f"{a_name}={ex[a_name]} {b_name}={ex[b_name]} "
                   f"extracted={ex.get('extracted')!r} reason={ex.get('reason')}")
-    print(f"\nreasons: {pool.name}: {dict(pool.reasons)}; direct: {dict(direct.reasons)}")
+    print(f"\nreasons: {m.pool.name}: {dict(m.pool.reasons)}; direct: {dict(m.direct.reasons)}")
     print("cpu seconds (all processes of the method): " + "; ".join(
-        f"{r.name}: {r.cpu_seconds:.2f}" for r in [direct, pool, *wrong_runs]
+        f"{r.name}: {r.cpu_seconds:.2f}" for r in [m.direct, m.pool, *m.wrong_runs]
         if r.cpu_seconds is not None))
-    load_end = os.getloadavg()
-    print(f"load average (1 min) at start {info['load_average_at_start'][0]:.2f}, "
-          f"at end {load_end[0]:.2f} on {info['cores']} cores")
-    print(f"total benchmark wall time: {total_s:.1f} s (server start-up {server_startup_s:.1f} s)")
 
-    def run_json(run: MethodRun) -> dict[str, Any]:
-        return {"name": run.name, "items": run.items, "seconds": run.seconds,
-                "items_per_s": run.rate, "cpu_seconds": run.cpu_seconds,
-                "rounds_seconds": run.rounds, "reasons": dict(run.reasons),
-                "fraction_correct": agree[run.name]}
 
-    info["load_average_at_end"] = list(load_end)
-    report = {
+def run_json(run: MethodRun, fraction_correct: dict[str, float]) -> dict[str, Any]:
+    """One method's numbers for the results JSON."""
+    return {"name": run.name, "items": run.items, "seconds": run.seconds,
+            "items_per_s": run.rate, "cpu_seconds": run.cpu_seconds,
+            "rounds_seconds": run.rounds, "reasons": dict(run.reasons),
+            "fraction_correct": fraction_correct}
+
+
+def results_json(m: Measurements, correct: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The ``results`` part of the JSON: each method, the ratios, latency, mismatched runs."""
+    return {
+        "direct": run_json(m.direct, correct[m.direct.name]),
+        "pool": run_json(m.pool, correct[m.pool.name]),
+        "http_batch": run_json(m.http, correct[m.http.name]),
+        "ratios": m.ratios(),
+        "latency": {"gsm8k_int": m.latency_int, "math500": m.latency_math},
+        "server_startup_s": m.server_startup_s,
+        "mismatched": {
+            "note": "informational: each response against the next pair's reference, so "
+                    "answers are wrong and the equivalence checker's slow path runs",
+            "pairs": len(m.wrong),
+            "runs": [run_json(r, correct[r.name]) for r in m.wrong_runs],
+            "pool_over_direct": (m.wrong_runs[1].rate / m.wrong_runs[0].rate
+                                 if m.wrong_runs else None),
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every measurement, print the table, write the JSON; the exit status.
+
+    The status is 1 only with ``--strict`` and a missed target.
+    """
+    args = parse_args(argv)
+    math_pairs, gsm_pairs = load_pairs(args.data_dir, args.limit)
+    info = _machine.machine_info()
+    wall_start = time.perf_counter()
+    print(f"verifier throughput: {len(math_pairs)} MATH-500 + {len(gsm_pairs)} GSM8K pairs, "
+          f"{info['cores']} cores, Python {info['python']}", file=sys.stderr)
+    m = measure(args, math_pairs, gsm_pairs)
+    checks = m.checks()
+    tables = {"table": method_table(m, checks), "latency_table": latency_table(m, checks)}
+    correct = {**{run.name: agreement(m.pairs, run) for run in (m.direct, m.pool, m.http)},
+               **{run.name: agreement(m.wrong, run) for run in m.wrong_runs}}
+    diffs = all_disagreements(m, args.examples)
+    total_s = time.perf_counter() - wall_start
+
+    print_results(m, tables, correct, diffs)
+    print(_machine.end_load(info))
+    print(f"total benchmark wall time: {total_s:.1f} s "
+          f"(server start-up {m.server_startup_s:.1f} s)")
+    _machine.save_json(args.output, {
         "benchmark": "verifier_throughput",
         "machine": info,
-        "data": {"dir": str(data_dir), "math500_pairs": len(math_pairs),
+        "data": {"dir": str(args.data_dir), "math500_pairs": len(math_pairs),
                  "gsm8k_pairs": len(gsm_pairs), "limit": args.limit},
         "settings": {"copies": args.copies, "http_chunk": args.chunk,
                      "latency_calls": args.latency_calls,
                      "repeat": args.repeat, "timing": "best of `repeat` passes",
-                     "warmup_items": WARMUP_ITEMS, "pool_workers": pool.name,
+                     "warmup_items": WARMUP_ITEMS, "pool_workers": m.pool.name,
                      "direct_reference_wrapping": "$...$",
                      "direct_call": "verify(parse(ref), parse(response)), library defaults"},
         "targets": {"pool_over_direct_min": TARGET_POOL_OVER_DIRECT,
                     "http_over_pool_min": TARGET_HTTP_OVER_POOL,
                     "p99_single_call_int_max_ms": TARGET_P99_INT_MS},
-        "results": {
-            "direct": run_json(direct), "pool": run_json(pool), "http_batch": run_json(http),
-            "ratios": {"pool_over_direct": pool_ratio, "http_over_pool": http_ratio},
-            "latency": {"gsm8k_int": latency_int, "math500": latency_math},
-            "server_startup_s": server_startup_s,
-            "mismatched": {
-                "note": "informational: each response against the next pair's reference, so "
-                        "answers are wrong and the equivalence checker's slow path runs",
-                "pairs": len(wrong),
-                "runs": [{"name": r.name, "items": r.items, "seconds": r.seconds,
-                          "items_per_s": r.rate, "cpu_seconds": r.cpu_seconds,
-                          "rounds_seconds": r.rounds, "reasons": dict(r.reasons),
-                          "fraction_correct": wrong_correct[r.name]} for r in wrong_runs],
-                "pool_over_direct": (wrong_runs[1].rate / wrong_runs[0].rate
-                                     if wrong_runs else None),
-            },
-        },
-        "checks": {name: verdict(ok) for name, ok in checks.items()},
-        "disagreements": {"direct_vs_pool": diff_direct_pool, "pool_vs_http": diff_pool_http,
-                          "mismatched_direct_vs_pool": diffs[2] if wrong_runs else None},
+        "results": results_json(m, correct),
+        "checks": {name: _machine.verdict(ok) for name, ok in checks.items()},
+        "disagreements": diffs,
         "total_wall_s": total_s,
-        "table": table,
-        "latency_table": latency_table,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        **tables,
+    })
     print(f"results written to {args.output}", file=sys.stderr)
     return 1 if args.strict and not all(checks.values()) else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

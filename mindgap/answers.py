@@ -2,7 +2,7 @@
 
 The verifier builds its extraction on these; the datasets and the aligner use them to find
 a problem's reference answer (DESIGN.md: the answer field, else the last ``\\boxed{}``,
-else the GSM8K ``#### n`` line).
+else the GSM8K ``#### n`` line); the guided prompt uses them to hide the expert's answer.
 """
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 
 _BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_GSM8K_LINE = re.compile(r"####\s*([^\n]+)")
+_GSM8K_MARK = "####"
+GSM8K_ANSWER = re.compile(_GSM8K_MARK + r"\s*([^\n]+)")
+"""The GSM8K ``#### n`` answer anywhere in a text; group 1 is what follows the mark."""
+_GSM8K_WHOLE_LINE = re.compile(r"^[ \t]*" + _GSM8K_MARK + r".*$\n?", re.MULTILINE)
+"""A whole line that opens with the mark (removed to hide the answer)."""
 
 
 def closing_brace(text: str, start: int) -> int | None:
@@ -46,5 +50,21 @@ def derive_answer(solution: str) -> str | None:
     boxed = last_boxed(solution)
     if boxed:
         return boxed
-    lines = _GSM8K_LINE.findall(solution)
+    lines = GSM8K_ANSWER.findall(solution)
     return lines[-1].strip() or None if lines else None
+
+
+def _strip_boxed(text: str) -> str:
+    """``text`` without its ``\\boxed{...}``/``\\fbox{...}`` (content included), up to the
+    first one left unclosed."""
+    while (match := _BOXED_START.search(text)) is not None:
+        end = closing_brace(text, match.end())
+        if end is None:
+            break
+        text = text[: match.start()] + text[end + 1 :]
+    return text
+
+
+def hide_final_answer(solution: str) -> str:
+    """The solution without its final-answer lines (``#### n``) or ``\\boxed{}``."""
+    return _strip_boxed(_GSM8K_WHOLE_LINE.sub("", solution)).rstrip()

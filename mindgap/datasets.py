@@ -21,7 +21,7 @@ Writing (``write_jsonl``, ``append_jsonl``) flushes and fsyncs on every call, an
 
 from __future__ import annotations
 
-import json
+import importlib
 import logging
 import os
 import re
@@ -29,19 +29,23 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, Unpack
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mindgap.answers import derive_answer
+from mindgap.jsonl import JsonlError, json_lines, json_value, numbered_lines
 from mindgap.schemas import Problem
 
 __all__ = [
     "PRESETS",
     "DatasetError",
+    "DatasetFormat",
     "FieldMap",
+    "ReadOptions",
     "ReadReport",
     "append_jsonl",
+    "dataset_format",
     "derive_answer",
     "iter_problems",
     "read_jsonl_ids",
@@ -56,6 +60,9 @@ PARQUET_SUFFIXES = (".parquet",)
 
 _CALCULATOR = re.compile(r"<<[^<>\n]*>>")
 _HF_DISK_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
+
+DatasetFormat = Literal["jsonl", "parquet", "hf-disk", "hf"]
+"""How a source is read: JSON lines, Parquet, a ``save_to_disk`` folder, ``load_dataset``."""
 
 
 class DatasetError(ValueError):
@@ -230,29 +237,43 @@ def _to_problem(row: Any, fmap: FieldMap, default_id: str) -> Problem:
 # --- Sources: each yields (1-based line/row number, row or a parse error) ------------------
 
 
+def dataset_format(path_or_name: str) -> DatasetFormat:
+    """How :func:`read_problems` reads a source: ``jsonl`` or ``parquet`` by the suffix,
+    ``hf-disk`` for a folder written by Hugging Face ``save_to_disk``, else ``hf``
+    (``load_dataset``: a hub name or a folder of data files)."""
+    path = Path(path_or_name)
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    if path.is_dir() and any((path / marker).is_file() for marker in _HF_DISK_MARKERS):
+        return "hf-disk"
+    return "hf"
+
+
+def _reader_module(module: str, source: str, what: str) -> Any:
+    """A reader from the ``rewrite`` extra, absent from a ``serve``-only install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DatasetError(f"{source}: reading {what} needs {module.split('.')[0]}, from the "
+                           "rewrite extra (pip install 'mindgap[rewrite]')") from exc
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Rows of a JSON-lines file with their 1-based line numbers; blank lines are skipped."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield number, _RowError(f"invalid UTF-8 at byte {exc.start}")
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, _RowError(f"invalid JSON: {exc}")
+    for number, raw in numbered_lines(path):
+        try:
+            row = json_value(raw)
+        except JsonlError as exc:
+            row = _RowError(str(exc))
+        yield number, row
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Rows of a Parquet file, read in batches, with 1-based row numbers."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise DatasetError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from exc
+    pq = _reader_module("pyarrow.parquet", str(path), "Parquet")
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:
@@ -264,28 +285,20 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
             yield number, row
 
 
-def _hf_dataset(name: str, split: str, config: str | None) -> tuple[Any, str]:
-    """A Hugging Face dataset (local folder or hub name) and the stem for default ids."""
+def _hf_dataset(name: str, split: str, config: str | None, from_disk: bool) -> tuple[Any, str]:
+    """A Hugging Face dataset (``save_to_disk`` folder or ``load_dataset`` name) and the stem
+    for default ids."""
+    datasets = _reader_module("datasets", name, "a Hugging Face dataset")
+    stem = Path(name).name or name
     try:
-        import datasets
-    except ImportError as exc:
-        raise DatasetError(
-            f"{name}: not .jsonl/.json/.parquet, and Hugging Face datasets is not installed "
-            "(pip install datasets)"
-        ) from exc
-    local = Path(name)
-    stem = local.name or name
-    try:
-        if local.is_dir() and any((local / marker).exists() for marker in _HF_DISK_MARKERS):
-            loaded = datasets.load_from_disk(str(local))
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise DatasetError(
-                        f"{name}: no split {split!r}; splits: {', '.join(sorted(loaded))}"
-                    )
-                return loaded[split], f"{stem}-{split}"
+        if not from_disk:
+            return datasets.load_dataset(name, config, split=split), f"{stem}-{split}"
+        loaded = datasets.load_from_disk(name)
+        if not isinstance(loaded, datasets.DatasetDict):
             return loaded, stem
-        return datasets.load_dataset(name, config, split=split), f"{stem}-{split}"
+        if split not in loaded:
+            raise DatasetError(f"{name}: no split {split!r}; splits: {', '.join(sorted(loaded))}")
+        return loaded[split], f"{stem}-{split}"
     except DatasetError:
         raise
     except Exception as exc:
@@ -296,34 +309,45 @@ def _source(
     path_or_name: str, split: str, config: str | None
 ) -> tuple[Iterator[tuple[int, Any]], str]:
     """The rows of a source and the stem used for default ids."""
-    path = Path(path_or_name)
-    suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES or suffix in PARQUET_SUFFIXES:
+    kind = dataset_format(path_or_name)
+    if kind in ("jsonl", "parquet"):
+        path = Path(path_or_name)
         if not path.is_file():
             raise DatasetError(f"{path_or_name}: no such file")
-        reader = _jsonl_rows if suffix in JSONL_SUFFIXES else _parquet_rows
+        reader = _jsonl_rows if kind == "jsonl" else _parquet_rows
         return reader(path), path.stem
-    dataset, stem = _hf_dataset(path_or_name, split, config)
+    dataset, stem = _hf_dataset(path_or_name, split, config, from_disk=kind == "hf-disk")
     return enumerate(iter(dataset), start=1), stem
 
 
-def iter_problems(
-    path_or_name: str,
-    preset: str | None = None,
-    fields: FieldMap | None = None,
-    split: str = "train",
-    limit: int | None = None,
-    skip_invalid: bool = False,
-    *,
-    config: str | None = None,
-    report: ReadReport | None = None,
-) -> Iterator[Problem]:
+class ReadOptions(TypedDict, total=False):
+    """The options of :func:`read_problems` and :func:`iter_problems`, all optional."""
+
+    preset: str | None
+    """A :data:`PRESETS` name (default ``mindgap``)."""
+    fields: FieldMap | None
+    """A custom field map instead of a preset."""
+    split: str
+    """The split of a Hugging Face dataset (default ``train``)."""
+    config: str | None
+    """The configuration of a Hugging Face hub dataset."""
+    limit: int | None
+    """The most problems returned (default: all)."""
+    skip_invalid: bool
+    """Log, skip and count a bad row instead of raising (default False)."""
+    report: ReadReport | None
+    """Filled with the counts of the read."""
+
+
+def iter_problems(path_or_name: str, **options: Unpack[ReadOptions]) -> Iterator[Problem]:
     """Yield problems one by one; see :func:`read_problems`."""
+    limit = options.get("limit")
+    skip_invalid = options.get("skip_invalid", False)
     if limit is not None and limit < 0:
         raise DatasetError(f"limit must be >= 0, got {limit}")
-    fmap = resolve_fields(preset, fields)
-    report = report if report is not None else ReadReport()
-    rows, stem = _source(path_or_name, split, config)
+    fmap = resolve_fields(options.get("preset"), options.get("fields"))
+    report = options.get("report") or ReadReport()
+    rows, stem = _source(path_or_name, options.get("split", "train"), options.get("config"))
     if limit == 0:
         return
     seen: dict[str, int] = {}
@@ -353,28 +377,17 @@ def iter_problems(
             return
 
 
-def read_problems(
-    path_or_name: str,
-    preset: str | None = None,
-    fields: FieldMap | None = None,
-    split: str = "train",
-    limit: int | None = None,
-    skip_invalid: bool = False,
-    *,
-    config: str | None = None,
-    report: ReadReport | None = None,
-) -> list[Problem]:
+def read_problems(path_or_name: str, **options: Unpack[ReadOptions]) -> list[Problem]:
     """Read problems from a ``.jsonl``/``.json`` (JSON lines) or ``.parquet`` file, else a
     Hugging Face dataset (a folder from ``save_to_disk``, a folder of data files, or a hub name
-    with ``config`` and ``split``).
+    with ``config`` and ``split``); see :func:`dataset_format`.
 
     ``preset`` names a :data:`PRESETS` entry (default ``mindgap``); ``fields`` is a custom
     :class:`FieldMap` instead. ``limit`` caps the number of problems returned. A bad row or a
     duplicate id raises :class:`DatasetError`; with ``skip_invalid`` it is logged, skipped and
     counted in ``report`` (pass a :class:`ReadReport` to get the counts).
     """
-    return list(iter_problems(path_or_name, preset, fields, split, limit, skip_invalid,
-                              config=config, report=report))
+    return list(iter_problems(path_or_name, **options))
 
 
 # --- Writing JSON lines -----------------------------------------------------------------
@@ -472,17 +485,11 @@ def read_jsonl_ids(path: str | Path, key: str = "id") -> set[str]:
     if not path.exists():
         return set()
     ids: set[str] = set()
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.endswith(b"\n"):
-                break
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise DatasetError(f"{path}:{number}: invalid JSON: {exc}") from None
+    try:
+        for number, row in json_lines(path, complete_only=True):
             if not isinstance(row, dict) or row.get(key) is None:
                 raise DatasetError(f"{path}:{number}: field {key!r}: missing")
             ids.add(str(row[key]))
+    except JsonlError as exc:
+        raise DatasetError(str(exc)) from None
     return ids

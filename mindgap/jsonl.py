@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -12,7 +13,10 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class JsonlError(ValueError):
-    """A line of a JSON-lines file is not what it should be (the message names file and line)."""
+    """A line of a JSON-lines file is not what it should be.
+
+    The message names file and line, except from :func:`json_value`, which sees one line only.
+    """
 
 
 def first_error(exc: ValidationError) -> tuple[str, str]:
@@ -33,6 +37,29 @@ def numbered_lines(path: str | Path, *, complete_only: bool = False) -> Iterator
                 return
             if raw.strip():
                 yield number, raw
+
+
+def json_value(raw: bytes) -> Any:
+    """The JSON value of one line; raises :class:`JsonlError` (invalid UTF-8 or JSON)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JsonlError(f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise JsonlError(f"invalid JSON: {exc}") from None
+
+
+def json_lines(path: str | Path, *, complete_only: bool = False) -> Iterator[tuple[int, Any]]:
+    """The JSON value of every non-blank line with its number (``complete_only`` as in
+    :func:`numbered_lines`); raises :class:`JsonlError` naming ``path:line``."""
+    for number, raw in numbered_lines(path, complete_only=complete_only):
+        try:
+            value = json_value(raw)
+        except JsonlError as exc:
+            raise JsonlError(f"{path}:{number}: {exc}") from None
+        yield number, value
 
 
 def read_models(path: str | Path, model: type[ModelT]) -> list[ModelT]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from mindgap.answers import hide_final_answer
 
 PLAIN_TEMPLATE = (
     "{question}\n\n"
@@ -18,29 +19,8 @@ GUIDED_TEMPLATE = (
     "reference and do not mention it. Put your final answer in \\boxed{{}}."
 )
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_GSM8K_LINE = re.compile(r"^[ \t]*####.*$\n?", re.MULTILINE)
-
-
 class TemplateError(ValueError):
     """A prompt template file lacks a placeholder or has a stray brace."""
-
-
-def _strip_boxed(text: str) -> str:
-    """Remove every ``\\boxed{...}`` (with its content) from ``text``."""
-    from mindgap.answers import closing_brace
-
-    while (match := _BOXED.search(text)) is not None:
-        end = closing_brace(text, match.end())
-        if end is None:
-            break
-        text = text[: match.start()] + text[end + 1 :]
-    return text
-
-
-def hide_final_answer(solution: str) -> str:
-    """The expert solution without its final-answer line (``#### n``) or ``\\boxed{}``."""
-    return _strip_boxed(_GSM8K_LINE.sub("", solution)).rstrip()
 
 
 @dataclass(frozen=True)

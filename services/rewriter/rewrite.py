@@ -12,6 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mindgap.datasets import append_jsonl, read_jsonl_ids
+from mindgap.jsonl import json_lines
 from mindgap.rewriter.aligner import Aligner, RoundDone
 from mindgap.schemas import Problem
 
@@ -43,16 +44,13 @@ def summary_path(out: Path) -> Path:
 
 
 def _sources_in(out: Path) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    if out.exists():
-        with out.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.endswith("\n"):
-                    counts[json.loads(line)["source"]] += 1
-    return counts
+    """How many complete lines of ``out`` hold each source."""
+    if not out.exists():
+        return Counter()
+    return Counter(row["source"] for _, row in json_lines(out, complete_only=True))
 
 
-def rewrite(problems: list[Problem], aligner: Aligner, out: Path, batch_size: int = 32,
+def rewrite(problems: list[Problem], aligner: Aligner, out: Path, batch_size: int,
             resume: bool = False, overwrite: bool = False, progress: bool = True,
             config: dict[str, Any] | None = None) -> RewriteSummary:
     """Align ``problems`` into ``out`` batch by batch (each batch flushed and fsynced)."""

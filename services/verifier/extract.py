@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mindgap.answers import last_boxed
+from mindgap.answers import GSM8K_ANSWER, last_boxed
 
 TAIL_CHARS = 4096
 """Only the last 4 KiB of a response are examined."""
 
-_GSM8K = re.compile(r"####\s*([^\n]+)")
 # "Final answer: x", also with markdown bold around the label ("**Final Answer**: x").
 _FINAL_ANSWER = re.compile(
     r"final\s+answer\s*(?:\*\*)?\s*(?:is)?\s*[:：]\s*([^\n]+)", re.IGNORECASE
@@ -90,7 +89,7 @@ def extract_answer(text: str, tail_chars: int = TAIL_CHARS) -> Extraction:
     boxed = last_boxed(text)
     if boxed:
         return Extraction(boxed, "boxed", truncated)
-    for method, pattern in (("gsm8k", _GSM8K), ("final_answer", _FINAL_ANSWER),
+    for method, pattern in (("gsm8k", GSM8K_ANSWER), ("final_answer", _FINAL_ANSWER),
                             ("answer_is", _ANSWER_IS)):
         matches = list(pattern.finditer(text))
         if matches:

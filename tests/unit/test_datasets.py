@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from mindgap.datasets import (
     FieldMap,
     ReadReport,
     append_jsonl,
+    dataset_format,
     derive_answer,
     iter_problems,
     read_jsonl_ids,
@@ -220,6 +222,28 @@ def test_limit_counts_good_rows_and_default_ids_stay_stable(tmp_path: Path) -> N
         {"question": "Q"}, GSM8K_ROW, GSM8K_ROW])
     problems = read_problems(str(path), preset="gsm8k", limit=1, skip_invalid=True)
     assert [p.id for p in problems] == ["g-1"]  # the index counts the bad row too
+
+
+def test_dataset_format(tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "dataset_info.json").write_text("{}")
+    (tmp_path / "plain").mkdir()
+    assert [dataset_format(str(tmp_path / name)) for name in
+            ("a.jsonl", "b.JSON", "c.parquet", "saved", "plain")] == [
+        "jsonl", "jsonl", "parquet", "hf-disk", "hf"]
+    assert dataset_format("openai/gsm8k") == "hf"
+
+
+def test_missing_reader_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # import fails as if absent
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    (tmp_path / "x.parquet").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"x\.parquet: reading Parquet needs pyarrow, from "
+                       r"the rewrite extra \(pip install 'mindgap\[rewrite\]'\)"):
+        read_problems(str(tmp_path / "x.parquet"))
+    with pytest.raises(DatasetError, match="reading a Hugging Face dataset needs datasets"):
+        read_problems("some/hub-name")
 
 
 # --- Parquet -------------------------------------------------------------------------------
