@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -90,6 +91,24 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
 
 
+LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                      2.5, 5, 10, 30)
+"""Request latency buckets in seconds; a service with longer requests appends its own."""
+
+
+class RequestMetrics:
+    """A service's own Prometheus registry, holding its HTTP request counter and latency
+    histogram (``mindgap_<service>_requests``, ``mindgap_<service>_request_seconds``) for
+    :func:`observe_requests`; subclasses add their metrics to ``registry``."""
+
+    def __init__(self, service: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(f"mindgap_{service}_requests", "HTTP requests",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram(f"mindgap_{service}_request_seconds", "HTTP request latency",
+                                 ["route"], registry=self.registry, buckets=buckets)
+
+
 def observe_requests(app: FastAPI, requests: Counter, latency: Histogram) -> None:
     """Count every request by route template and status, and time it."""
 
@@ -108,3 +127,16 @@ def install_common(app: FastAPI, max_body_bytes: int) -> None:
     """Add the body limit and the readable 422 handler to ``app``."""
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+def closing_lifespan(close: Callable[[], None] | None
+                     ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A FastAPI lifespan that calls ``close`` at shutdown (None: nothing to close)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close is not None:
+            close()
+
+    return lifespan

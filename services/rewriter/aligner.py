@@ -102,11 +102,6 @@ class Aligner:
         self.stats = AlignStats()
         self._eos = [engine.eos_token_id] if engine.eos_token_id is not None else []
 
-    def _sampling(self) -> SamplingParams:
-        c = self.config
-        return SamplingParams(temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
-                              seed=c.seed)
-
     def _rounds(self, states: list[_State], kind: PromptKind, budget: int) -> None:
         """Sample in rounds for ``states`` until each has a correct response or ``budget``."""
         pending = list(states)
@@ -194,7 +189,7 @@ class Aligner:
         behavior = Behavior(
             logprobs=chosen.sample.logprobs, prompt_kind=chosen.kind,
             model=self.engine.model_name, policy_version=self.engine.policy_version,
-            sampling=self._sampling(),
+            sampling=SamplingParams.of(self.config),
             answer_shown=(not self.config.hide_answer) if chosen.kind == "guided" else None)
         return AlignedExample(**base, response=chosen.sample.text,
                               response_token_ids=chosen.sample.token_ids,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -13,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mindgap import __version__
 from mindgap.config import ServiceSettings, VerifierSettings
-from mindgap.http import bearer_auth, install_common, observe_requests
+from mindgap.http import bearer_auth, closing_lifespan, install_common, observe_requests
 from mindgap.schemas import (
     VerifyBatchRequest,
     VerifyBatchResponse,
@@ -24,6 +22,7 @@ from mindgap.verifier.metrics import VerifierMetrics
 from mindgap.verifier.pool import LocalVerifier
 
 READY_PROBE_TIMEOUT_S = 10.0
+"""Longest wait of /readyz for its probe verification (busy workers answer late)."""
 
 
 def create_app(pool: LocalVerifier | None = None,
@@ -32,17 +31,10 @@ def create_app(pool: LocalVerifier | None = None,
     """Build the app; it owns (and closes) the pool unless one is passed in."""
     settings = settings or VerifierSettings()
     service = service or ServiceSettings()
-    owned = pool is None
     verifier = pool or LocalVerifier(workers=settings.workers, timeout_s=settings.timeout_s,
                                      memory_mb=settings.memory_mb)
     metrics = VerifierMetrics(verifier)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owned:
-            verifier.close()
-
+    lifespan = closing_lifespan(verifier.close if pool is None else None)
     app = FastAPI(title="mindgap verifier", version=__version__, lifespan=lifespan,
                   description="Sandboxed checking of math answers against references.")
     install_common(app, settings.max_body_bytes)
@@ -74,8 +66,13 @@ def create_app(pool: LocalVerifier | None = None,
 
     @app.get("/readyz", responses={503: {"description": "The worker pool cannot verify yet."}})
     async def readyz() -> JSONResponse:
-        """Readiness: a sandbox worker verifies a known pair correctly."""
-        probe = await verifier.averify("\\boxed{2}", "2")
+        """Readiness: a sandbox worker verifies a known pair correctly, within the probe time."""
+        try:
+            probe = await asyncio.wait_for(verifier.averify("\\boxed{2}", "2"),
+                                           READY_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            return JSONResponse({"status": "not ready", "detail": "no sandbox worker answered "
+                                 f"within {READY_PROBE_TIMEOUT_S:.0f} s"}, status_code=503)
         if probe.correct:
             return JSONResponse({"status": "ready", "workers": verifier.workers})
         return JSONResponse({"status": "not ready", "detail": probe.detail}, status_code=503)

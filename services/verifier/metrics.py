@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mindgap.http import RequestMetrics
 from mindgap.verifier.pool import LocalVerifier
 
 
@@ -27,17 +28,11 @@ class _PoolCollector(Collector):
                                 value=self.pool.workers)
 
 
-class VerifierMetrics:
+class VerifierMetrics(RequestMetrics):
     """Request, latency and verdict metrics, plus the pool's counters."""
 
     def __init__(self, pool: LocalVerifier) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("mindgap_verifier_requests", "HTTP requests",
-                                ["route", "status"], registry=self.registry)
-        self.latency = Histogram("mindgap_verifier_request_seconds", "HTTP request latency",
-                                 ["route"], registry=self.registry,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                          0.5, 1, 2.5, 5, 10, 30))
+        super().__init__("verifier")
         self.verdicts = Counter("mindgap_verifier_verdicts", "Verification results by reason",
                                 ["reason"], registry=self.registry)
         self.registry.register(_PoolCollector(pool))

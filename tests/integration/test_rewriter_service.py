@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -17,18 +15,18 @@ import httpx
 import pytest
 import redis
 
-from mindgap.jobs import live_workers, worker_gone, worker_heartbeat
 from mindgap.queue import Queue, Task
 from mindgap.schemas import (
     AlignedExample,
     AttemptCounts,
     Behavior,
     Problem,
+    RewriteOptions,
     SamplingParams,
     Source,
     Timings,
 )
-from tests.conftest import ROOT, Service, free_port, wait_ready
+from tests.conftest import Service, drop_keys, free_port, run_schemathesis, wait_ready
 
 URL = "redis://127.0.0.1:6379/0"
 AUTH = {"Authorization": "Bearer test-key"}
@@ -55,8 +53,7 @@ def queue(prefix: str) -> Iterator[Queue]:
         pytest.skip(f"no Redis at {URL}")
     q = Queue.from_url(URL, prefix)
     yield q
-    for key in q.redis.scan_iter(match=f"{prefix}:*", count=500):
-        q.redis.delete(key)
+    drop_keys(q.redis, prefix)
     q.close()
 
 
@@ -70,8 +67,7 @@ def service(queue: Queue, prefix: str) -> Iterator[Service]:
                 "MINDGAP_REWRITER_MAX_BODY_BYTES": str(1024 * 1024)})
     code = ("import uvicorn; from mindgap.rewriter.app import create_app; "
             f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')")
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
-    svc = Service(process, f"http://127.0.0.1:{port}")
+    svc = Service.start(["-c", code], env, port)
     try:
         wait_ready(f"{svc.url}/healthz")
         yield svc
@@ -88,7 +84,7 @@ def example(p: Problem, source: Source) -> AlignedExample:
     """A hand-made aligned example (no model needed)."""
     behavior = None if source == "expert" else Behavior(
         logprobs=[-0.5, -0.25], prompt_kind="plain" if source == "self" else "guided",
-        model="fake", sampling=SamplingParams())
+        model="fake", sampling=SamplingParams.of(RewriteOptions()))
     return AlignedExample(id=f"{p.id}@0", problem_id=p.id, prompt=f"Q: {p.question}",
                           response=f"\\boxed{{{p.answer}}}", response_token_ids=[1, 2],
                           source=source, reference_answer=p.answer or "",
@@ -101,7 +97,7 @@ def claim(queue: Queue, job_id: str, n: int) -> list[Task]:
     consumer = f"test-{uuid.uuid4().hex[:8]}"
     mine: list[Task] = []
     for _ in range(50):
-        tasks = queue.claim_tasks(consumer, count=100, block_ms=100)
+        tasks = queue.tasks.claim(consumer, count=100, block_ms=100)
         mine += [t for t in tasks if t.job_id == job_id]
         if len(mine) >= n:
             break
@@ -169,8 +165,8 @@ def test_dataset_rows_are_read_and_checked(service: Service, queue: Queue,
     assert ok.status_code == 202, ok.text
     assert ok.json()["total"] == 2 and ok.json()["status"] == "queued"
     job_id = ok.json()["job_id"]
-    status = queue.job_status(job_id)
-    assert status is not None and status["feed_trainer"] is False
+    status = queue.jobs.status(job_id)
+    assert status is not None and status.feed_trainer is False
     assert httpx.delete(f"{service.url}/v1/jobs/{job_id}", headers=AUTH).status_code == 200
 
 
@@ -192,11 +188,11 @@ def test_job_lifecycle_and_results(service: Service, queue: Queue) -> None:
         ("queued", 3, 0, None)
     assert status["options"]["k_self"] == 2 and status["feed_trainer"] is True
 
-    aligned_before = queue.redis.xlen(queue.aligned_key)
+    aligned_before = queue.redis.xlen(queue.keys.aligned)
     tasks = claim(queue, job_id, 3)
     time.sleep(0.05)  # a measurable elapsed time for the rate
     for task, source in zip(tasks[:2], ("self", "guided"), strict=True):
-        assert queue.complete_task(task, example(task.problem, source))
+        assert queue.tasks.complete(task, example(task.problem, source))
     status = httpx.get(url, headers=AUTH).json()
     assert (status["status"], status["done"], status["remaining"]) == ("running", 2, 1)
     assert status["counts"] == {"self": 1, "guided": 1, "expert": 0}
@@ -210,7 +206,7 @@ def test_job_lifecycle_and_results(service: Service, queue: Queue) -> None:
     assert [e.source for e in lines] == ["self", "guided"]
     cursor = first.headers["x-last-entry-id"]
 
-    assert queue.complete_task(tasks[2], example(tasks[2].problem, "expert"))
+    assert queue.tasks.complete(tasks[2], example(tasks[2].problem, "expert"))
     more = httpx.get(f"{url}/results", headers=AUTH, params={"after": cursor})
     assert [json.loads(line)["source"] for line in more.text.splitlines()] == ["expert"]
     assert more.headers["x-job-status"] == "completed"
@@ -222,7 +218,7 @@ def test_job_lifecycle_and_results(service: Service, queue: Queue) -> None:
     status = httpx.get(url, headers=AUTH).json()
     assert (status["status"], status["done"], status["eta_s"]) == ("completed", 3, 0.0)
     assert status["finished"] is not None
-    assert queue.redis.xlen(queue.aligned_key) == aligned_before + 3  # fed the trainer
+    assert queue.redis.xlen(queue.keys.aligned) == aligned_before + 3  # fed the trainer
 
     listed = httpx.get(f"{service.url}/v1/jobs", headers=AUTH, params={"limit": 50}).json()
     assert job_id in [j["id"] for j in listed["jobs"]] and listed["limit"] == 50
@@ -238,7 +234,7 @@ def test_cancel(service: Service, queue: Queue) -> None:
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
     for _ in range(20):  # claiming acknowledges the cancelled job's tasks unprocessed
-        queue.claim_tasks(f"test-{uuid.uuid4().hex[:6]}", count=100, block_ms=50)
+        queue.tasks.claim(f"test-{uuid.uuid4().hex[:6]}", count=100, block_ms=50)
         if httpx.get(url, headers=AUTH).json()["skipped"] == 4:
             break
     status = httpx.get(url, headers=AUTH).json()
@@ -264,18 +260,18 @@ def test_readyz_needs_a_worker_heartbeat(service: Service, queue: Queue) -> None
     assert before.status_code == 503
     assert before.json()["checks"] == {"redis": "ok", "verifier": "local",
                                        "workers": "no worker heartbeat"}
-    worker_heartbeat(queue, "w-ready", ttl_s=30)
+    queue.heartbeats.beat("w-ready", ttl_s=30)
     try:
         after = httpx.get(f"{service.url}/readyz")
         assert after.status_code == 200, after.text
         assert after.json()["workers"] == ["w-ready"]
         assert queue.redis.ttl(f"{queue.prefix}:workers:w-ready") > 0
     finally:
-        worker_gone(queue, "w-ready")
+        queue.heartbeats.gone("w-ready")
     assert httpx.get(f"{service.url}/readyz").status_code == 503
-    worker_heartbeat(queue, "w-short", ttl_s=1)
+    queue.heartbeats.beat("w-short", ttl_s=1)
     time.sleep(1.1)
-    assert live_workers(queue) == []
+    assert queue.heartbeats.live() == []
 
 
 def test_metrics(service: Service, queue: Queue) -> None:
@@ -311,16 +307,16 @@ class FakeWorker(threading.Thread):
         try:
             while not self.stop.is_set():
                 if self.heartbeat:
-                    worker_heartbeat(self.queue, "fake", ttl_s=10)
-                for task in self.queue.claim_tasks("fake", count=64, block_ms=50):
+                    self.queue.heartbeats.beat("fake", ttl_s=10)
+                for task in self.queue.tasks.claim("fake", count=64, block_ms=50):
                     if task.problem.id.startswith("fail"):
-                        self.queue.fail_task(task, "boom", max_deliveries=1)
+                        self.queue.tasks.fail(task, "boom", max_deliveries=1)
                     else:
-                        self.completed += self.queue.complete_task(
+                        self.completed += self.queue.tasks.complete(
                             task, example(task.problem, "self"))
         finally:
             if self.heartbeat:
-                worker_gone(self.queue, "fake")
+                self.queue.heartbeats.gone("fake")
             self.queue.close()
 
     def __enter__(self) -> FakeWorker:
@@ -354,7 +350,8 @@ def test_sync_rewrite(service: Service, queue: Queue, prefix: str) -> None:
         assert body["status"] == "completed_with_failures" and body["failed"] == ["fail1"]
         assert body["examples"][1] is None and body["examples"][2]["problem_id"] == "ok2"
         assert body["last_error"] == "boom"
-    fed = [f["job"] for _, f in queue.redis.xrange(queue.aligned_key)]
+    fed = [f["job"] for _, f in queue.redis.xrange(queue.keys.aligned)]
+
     assert not [job for job in fed if job.startswith("sync-")]  # not fed to the trainer
 
 
@@ -362,11 +359,4 @@ def test_sync_rewrite(service: Service, queue: Queue, prefix: str) -> None:
 @pytest.mark.timeout(600)
 def test_schemathesis_finds_no_server_error(service: Service, prefix: str) -> None:
     with FakeWorker(prefix, heartbeat=True):  # so /v1/rewrite and /readyz can succeed
-        run = subprocess.run(
-            [sys.executable, "-m", "schemathesis.cli", "run", f"{service.url}/openapi.json",
-             "--checks", "not_a_server_error", "--header", "Authorization: Bearer test-key",
-             "--max-examples", "40", "--seed", "1"],
-            capture_output=True, text=True, timeout=580, cwd=ROOT,
-        )
-    print(run.stdout[-3000:])
-    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+        run_schemathesis(service.url, max_examples=40, timeout_s=580)

@@ -1,0 +1,106 @@
+"""Prometheus metrics of the rewriter service (one registry per app) and ``/metrics``: request
+counts and latency, plus the queue's depths and the jobs' counters read from Redis at
+scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from mindgap.http import LATENCY_BUCKETS, RequestMetrics
+from mindgap.queue import JobStatus, Queue, QueueStats
+from mindgap.rewriter.deps import Context
+from mindgap.schemas import SOURCES
+
+METRICS_MAX_JOBS = 10_000
+"""How many of the newest jobs the per-job totals sum over."""
+
+router = APIRouter()
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"mindgap_rewriter_{name}", doc, value=value)
+
+
+def _queue_gauges(stats: QueueStats, totals: dict[str, int]) -> Iterator[GaugeMetricFamily]:
+    """The queue's depths and the jobs' summed counters, one gauge each."""
+    yield _gauge("tasks_backlog", "Tasks in the stream: queued plus in flight",
+                 stats.tasks.length)
+    yield _gauge("tasks_queued", "Tasks not yet delivered to a worker", stats.tasks.undelivered)
+    yield _gauge("tasks_in_flight", "Tasks delivered but not acknowledged", stats.tasks.pending)
+    yield _gauge("tasks_done", "Problems done, summed over known jobs", totals["done"])
+    yield _gauge("tasks_failed", "Problems failed, summed over known jobs", totals["failed"])
+    yield _gauge("tasks_skipped", "Tasks skipped (cancelled jobs), summed over known jobs",
+                 totals["skipped"])
+    yield _gauge("dead_letters", "Entries in the dead-letter stream", stats.dead_letters)
+    yield _gauge("aligned_length", "Entries in the trainer's stream", stats.aligned.length)
+    yield _gauge("trainer_lag", "Aligned examples the trainers have not acknowledged",
+                 stats.trainer_lag)
+    yield _gauge("live_workers", "Workers with a fresh heartbeat", len(stats.live_workers))
+
+
+class _QueueCollector(Collector):
+    """Reads the queue's depths and the jobs' counters from Redis at scrape time."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def _job_totals(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Counters summed over the newest jobs, and how many jobs have each status."""
+        ids = self.queue.redis.zrevrange(self.queue.keys.jobs, 0, METRICS_MAX_JOBS - 1)
+        pipe = self.queue.redis.pipeline(transaction=False)
+        fields = ("status", "done", "failed", "skipped", *SOURCES)
+        for job_id in ids:
+            pipe.hmget(self.queue.keys.job(job_id), fields)
+        totals = dict.fromkeys(fields[1:], 0)
+        statuses: dict[str, int] = {}
+        for row in pipe.execute() if ids else []:
+            if row[0] is None:
+                continue
+            statuses[row[0]] = statuses.get(row[0], 0) + 1
+            for name, value in zip(fields[1:], row[1:], strict=True):
+                totals[name] += int(value or 0)
+        return totals, statuses
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("mindgap_rewriter_redis_up", "Whether Redis answered the scrape")
+        try:
+            stats = self.queue.stats()
+            totals, statuses = self._job_totals()
+        except redis.RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from _queue_gauges(stats, totals)
+        examples = GaugeMetricFamily("mindgap_rewriter_examples",
+                                     "Examples done per source, summed over known jobs",
+                                     labels=["source"])
+        for source in SOURCES:
+            examples.add_metric([source], totals[source])
+        yield examples
+        jobs = GaugeMetricFamily("mindgap_rewriter_jobs", "Known jobs per status",
+                                 labels=["status"])
+        for status in JobStatus:
+            jobs.add_metric([status.value], statuses.get(status, 0))
+        yield jobs
+
+
+class RewriterMetrics(RequestMetrics):
+    """Request and latency metrics, plus the queue read at scrape time (own registry)."""
+
+    def __init__(self, queue: Queue) -> None:
+        super().__init__("rewriter", buckets=(*LATENCY_BUCKETS, 60, 300, 600))
+        self.registry.register(_QueueCollector(queue))
+
+
+@router.get("/metrics")
+def prometheus(context: Context) -> Response:
+    """Prometheus metrics (queue depths are read from Redis at scrape time)."""
+    return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,89 @@
+"""Option groups of the rewriting commands (``mindgap rewrite``, ``submit``, ``worker``).
+
+Each option is declared here once, documented field by field; the commands' flags are
+generated from these models (:mod:`mindgap.options`). How the aligner samples and chooses is
+``mindgap.schemas.RewriteOptions`` (it is also part of the HTTP API).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mindgap.datasets import PRESETS
+
+EngineKind = Literal["transformers", "vllm", "openai"]
+"""The generation engines: in-process transformers or vLLM, or an OpenAI-compatible server."""
+
+
+class DataOptions(BaseModel):
+    """Which problems to read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field(description="Problems: a .jsonl/.json/.parquet file, a folder written by "
+                      "Hugging Face `save_to_disk`, or a Hugging Face dataset name.")
+    preset: str | None = Field(default=None, description="Field mapping of the rows: "
+                               + ", ".join(sorted(PRESETS)) + " (default: mindgap's own "
+                               "fields, or guessed from the data set's name).")
+    split: str = Field(default="train", min_length=1,
+                       description="Split of a Hugging Face data set.")
+    limit: int | None = Field(default=None, ge=1, description="Only the first N problems.")
+    skip_invalid: bool = Field(default=False, description="Log and skip rows that are not "
+                               "valid problems instead of stopping at the first.")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(PRESETS))}")
+        return value
+
+
+class EngineOptions(BaseModel):
+    """Which model generates, and through which engine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: EngineKind = Field(default="transformers", description="Generation engine: "
+                               "transformers (in-process, CPU or GPU), vllm (in-process, "
+                               "batched) or openai (an OpenAI-compatible server).")
+    model: str | None = Field(default=None, description="Model name or folder (default: "
+                              "SmolLM2-135M-Instruct, packaged with mindgap).")
+    openai_url: str | None = Field(default=None, description="Base URL of the "
+                                   "OpenAI-compatible server (engine openai only).")
+
+    @model_validator(mode="after")
+    def _url_with_openai(self) -> EngineOptions:
+        if self.engine == "openai" and not self.openai_url:
+            raise ValueError("--engine openai needs --openai-url")
+        if self.engine != "openai" and self.openai_url:
+            raise ValueError("--openai-url is for --engine openai only")
+        return self
+
+
+class WorkerOptions(BaseModel):
+    """How a queue worker takes tasks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    consumer: str | None = Field(default=None, min_length=1, description="Consumer name in "
+                                 "the workers' group (default: host-pid).")
+    batch_size: int = Field(default=32, ge=1, le=4096, description="Tasks claimed and "
+                            "aligned together.")
+    high_water: int = Field(default=0, ge=0, description="Pause while the trainers' lag (aligned "
+                            "examples not yet trained on) exceeds this (0: never pause).")
+    low_water: int = Field(default=0, ge=0, description="After a pause, resume once the lag "
+                           "is at most this.")
+    visibility_timeout_s: float = Field(default=600.0, gt=0, description="A task claimed but "
+                                        "not finished is reclaimed by another worker after "
+                                        "this many seconds.")
+    engine_seed: int = Field(default=0, ge=0, description="Seed of the vLLM engine (it has no "
+                             "per-request seeds on CPU).")
+
+    @model_validator(mode="after")
+    def _water_marks(self) -> WorkerOptions:
+        if self.high_water and self.low_water > self.high_water:
+            raise ValueError("--low-water must be at most --high-water")
+        return self
