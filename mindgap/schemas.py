@@ -102,13 +102,6 @@ class Problem(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class SamplingParams(BaseModel):
-    """How responses were sampled."""
-
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=512, ge=1)
-    seed: int = 0
 
 
 class RewriteOptions(BaseModel):
@@ -120,10 +113,15 @@ class RewriteOptions(BaseModel):
     k_guided: int = Field(default=4, ge=0, le=64, description="Most guided samples per problem.")
     round_size: int = Field(default=1, ge=1, le=64, description="Samples per problem per "
                             "round; sampling stops at the first round with a correct one.")
-    temperature: float = Field(default=1.0, gt=0.0, le=4.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=512, ge=1, le=32768)
-    seed: int = Field(default=0, ge=0)
+    temperature: float = Field(default=1.0, gt=0.0, le=4.0, description="Sampling "
+                               "temperature; the recorded behavior log-probs are those of "
+                               "the tempered distribution.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the "
+                         "smallest set of tokens with this much probability mass.")
+    max_tokens: int = Field(default=512, ge=1, le=32768, description="Most tokens per "
+                            "response (longer ones are cut and rarely verify).")
+    seed: int = Field(default=0, ge=0, description="Seed of sampling and of the random choice "
+                      "among correct responses.")
     choose: Literal["random", "likeliest"] = Field(
         default="random", description="Among correct responses: a seeded random one, or the "
         "highest mean token log-prob.")
@@ -131,6 +129,21 @@ class RewriteOptions(BaseModel):
                               "reference without its final answer (off, as in the paper).")
     copy_min_chars: int = Field(default=60, ge=1, description="A guided response sharing a "
                                 "substring this long with the reference is a copy.")
+
+
+class SamplingParams(BaseModel):
+    """How responses were sampled: the sampling fields of the ``RewriteOptions`` in force."""
+
+    temperature: float = Field(ge=0.0, description="Sampling temperature.")
+    top_p: float = Field(gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(ge=1, description="Most tokens per response.")
+    seed: int = Field(description="Seed of sampling.")
+
+    @classmethod
+    def of(cls, options: RewriteOptions) -> SamplingParams:
+        """The sampling part of ``options``."""
+        return cls(temperature=options.temperature, top_p=options.top_p,
+                   max_tokens=options.max_tokens, seed=options.seed)
 
 
 class Behavior(BaseModel):

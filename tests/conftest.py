@@ -1,4 +1,4 @@
-"""Shared fixtures: paths, free ports, and a real verifier service process."""
+"""Shared fixtures: paths, free ports, Redis prefixes, and a real verifier service process."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "benchmarks"
@@ -23,6 +25,36 @@ def data_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} is absent (it lives in ../shared)")
     return path
+
+
+REDIS_URL = os.environ.get("MINDGAP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+"""The Redis integration tests use (each under its own key prefix)."""
+
+
+def drop_keys(client: redis.Redis, prefix: str) -> None:
+    """Delete every key under ``prefix:``."""
+    for key in client.scan_iter(match=f"{prefix}:*", count=500):
+        client.delete(key)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A fresh queue key prefix on ``REDIS_URL``, its keys deleted after the test."""
+    name = f"mgtest:{uuid.uuid4().hex[:12]}"
+    yield name
+    drop_keys(redis.Redis.from_url(REDIS_URL), name)
+
+
+def run_schemathesis(url: str, max_examples: int, timeout_s: float) -> None:
+    """Fuzz a service's OpenAPI with schemathesis; fail on any server error."""
+    run = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
+         "--checks", "not_a_server_error", "--header", "Authorization: Bearer test-key",
+         "--max-examples", str(max_examples), "--seed", "1"],
+        capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
+    )
+    print(run.stdout[-3000:])
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
 
 
 def free_port() -> int:
@@ -50,6 +82,12 @@ class Service:
         self.process = process
         self.url = url
 
+    @classmethod
+    def start(cls, args: list[str], env: dict[str, str], port: int) -> Service:
+        """Run ``python ARGS`` from the checkout; it is to listen on 127.0.0.1:``port``."""
+        process = subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT)
+        return cls(process, f"http://127.0.0.1:{port}")
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -66,10 +104,8 @@ def verifier_service() -> Iterator[Service]:
     env = {**os.environ, "MINDGAP_API_KEY": "test-key",
            "MINDGAP_VERIFIER_MAX_BODY_BYTES": str(4 * 1024 * 1024),
            "MINDGAP_VERIFIER_TIMEOUT_S": "3"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mindgap.cli", "serve", "verifier", "--port", str(port),
-         "--workers", "2", "--log-level", "warning"], env=env, cwd=ROOT)
-    service = Service(process, f"http://127.0.0.1:{port}")
+    service = Service.start(["-m", "mindgap.cli", "serve", "verifier", "--port", str(port),
+                             "--workers", "2", "--log-level", "warning"], env, port)
     try:
         wait_ready(f"{service.url}/readyz")
         yield service

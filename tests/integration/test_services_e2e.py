@@ -7,36 +7,23 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from mindgap.queue import Queue
 from mindgap.schemas import AlignedExample
-from tests.conftest import ROOT, Service, data_file, free_port, wait_ready
+from tests.conftest import REDIS_URL, ROOT, Service, data_file, free_port, wait_ready
 from tests.integration.test_workers import drain_trainer, start_workers, stop
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 AUTH = {"Authorization": "Bearer e2e-key"}
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{name}:*"):
-        client.delete(key)
-
 
 def mindgap_serve(kind: str, port: int, env: dict[str, str]) -> Service:
-    process = subprocess.Popen([sys.executable, "-m", "mindgap.cli", "serve", kind, "--port",
-                                str(port), "--log-level", "warning"], env=env, cwd=ROOT)
-    return Service(process, f"http://127.0.0.1:{port}")
+    return Service.start(["-m", "mindgap.cli", "serve", kind, "--port", str(port),
+                          "--log-level", "warning"], env, port)
 
 
 def test_job_through_the_api_with_three_workers(prefix: str) -> None:
@@ -88,14 +75,14 @@ def test_real_model_end_to_end(prefix: str, tmp_path: Path) -> None:
         wait_ready(f"{api.url}/readyz", timeout_s=600, headers=AUTH)  # engine loaded
         submit = subprocess.run(
             [sys.executable, "-m", "mindgap.cli", "submit", "--data", str(gsm8k), "--preset",
-             "gsm8k", "--limit", "4", "--server", api.url, "--k-self", "2", "--k-guided", "2",
+             "gsm8k", "--limit", "4", "--rewriter-url", api.url, "--k-self", "2", "--k-guided", "2",
              "--max-tokens", "96", "--follow"],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
         assert submit.returncode == 0, submit.stderr[-3000:]
         job_id = submit.stdout.strip().splitlines()[0]
         out = tmp_path / "results.jsonl"
         got = subprocess.run([sys.executable, "-m", "mindgap.cli", "results", job_id, "--out",
-                              str(out), "--server", api.url], env=env, cwd=ROOT,
+                              str(out), "--rewriter-url", api.url], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
         assert got.returncode == 0, got.stderr
         examples = [AlignedExample.model_validate_json(line)

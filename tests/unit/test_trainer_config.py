@@ -1,50 +1,52 @@
-"""TrainConfig, the CLI parser built from it, and the learning-rate schedule."""
+"""TrainConfig, the command built from it, and the learning-rate schedule."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 
 import pytest
 import torch
+from pydantic import ValidationError
+from typer.testing import CliRunner
 
-from mindgap.trainer.__main__ import build_parser, main
+from mindgap.trainer.__main__ import app
 from mindgap.trainer.config import TrainConfig
 from mindgap.trainer.loop import build_scheduler
 
 
-def test_every_field_is_documented_and_a_flag():
-    parser = build_parser()
-    flags = {a.dest for a in parser._actions}
-    for f in dataclasses.fields(TrainConfig):
-        assert f.metadata.get("help"), f.name
-        assert f.name in flags, f.name
+def _parse(argv: list[str]) -> TrainConfig:
+    """The config `python -m mindgap.trainer` would train with (the run itself patched out)."""
+    seen: list[TrainConfig] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mindgap.trainer.loop.train", lambda config: seen.append(config) or {})
+        result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    return seen[0]
 
 
 def test_cli_flags_map_to_the_config():
-    args = build_parser().parse_args(
-        ["--data", "a.jsonl", "b.parquet", "--model", "m", "--loss", "dft", "--max-steps", "7",
-         "--lr", "3e-4", "--batch-tokens", "1024", "--global-batch", "16", "--out", "o",
-         "--resume", "--no-shuffle", "--gradient-checkpointing"])
-    config = TrainConfig.from_dict(vars(args))
+    config = _parse(
+        ["--data", "a.jsonl", "--data", "b.parquet", "--model", "m", "--loss", "dft",
+         "--max-steps", "7", "--lr", "3e-4", "--batch-tokens", "1024", "--global-batch", "16",
+         "--out", "o", "--resume", "latest", "--no-shuffle", "--gradient-checkpointing"])
     assert config.data == ["a.jsonl", "b.parquet"] and config.loss == "dft"
     assert (config.max_steps, config.lr, config.batch_tokens, config.global_batch) == \
         (7, 3e-4, 1024, 16)
     assert config.resume == "latest" and config.shuffle is False
     assert config.gradient_checkpointing is True and config.epochs is None
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--data", "a", "--model", "m", "--loss", "ppo"])
-    with pytest.raises(TypeError):
-        TrainConfig.from_dict({"nope": 1})
-    with pytest.raises(ValueError):
-        TrainConfig(loss="ppo")
+    result = CliRunner().invoke(app, ["--data", "a", "--model", "m", "--loss", "ppo"])
+    assert result.exit_code == 2 and "--loss: Input should be 'sft', 'dft' or 'is'" in \
+        result.output
+    with pytest.raises(ValidationError, match="nope"):
+        TrainConfig.model_validate({"nope": 1})
+    with pytest.raises(ValidationError):
+        TrainConfig(loss="ppo")  # type: ignore[arg-type]
 
 
-def test_data_or_redis_one_of_them(capsys):
-    args = build_parser().parse_args(["--redis", "redis://h:6379/0", "--job", "j", "--model",
-                                      "m", "--redis-idle-timeout-s", "5"])
-    config = TrainConfig.from_dict(vars(args))
+def test_data_or_redis_one_of_them():
+    config = _parse(["--redis", "redis://h:6379/0", "--job", "j", "--model", "m",
+                     "--redis-idle-timeout-s", "5"])
     assert (config.redis, config.job, config.data) == ("redis://h:6379/0", "j", [])
     assert config.redis_idle_timeout_s == 5.0 and config.redis_prefix == "mindgap"
     with pytest.raises(ValueError, match="not both"):
@@ -52,10 +54,15 @@ def test_data_or_redis_one_of_them(capsys):
     with pytest.raises(ValueError, match="job needs redis"):
         TrainConfig(data=["a.jsonl"], job="j")
     for argv in (["--model", "m"], ["--model", "m", "--data", "a", "--redis", "redis://h"]):
-        with pytest.raises(SystemExit) as exc:
-            main(argv)
-        assert exc.value.code == 2
-        assert "give --data FILE... or --redis URL" in capsys.readouterr().err
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2
+        assert result.output.startswith("error: give ") and result.output.count("\n") == 1
+
+
+def test_the_queue_prefix_variable_is_the_trainers_default(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MINDGAP_QUEUE_PREFIX", "staging")
+    assert TrainConfig().redis_prefix == "staging"
+    assert TrainConfig(redis_prefix="other").redis_prefix == "other"
 
 
 def test_warmup_then_cosine():
