@@ -357,10 +357,9 @@ def results(
 @app.command()
 @command_options(config=TrainConfig)
 def train(config: TrainConfig) -> None:
-    """Fine-tune on aligned examples (files, or the live Redis stream) with the sft, dft or
-    importance-sampled (is) loss; prints the summary as JSON (rank 0).
+    """Fine-tune on aligned examples (files or the live Redis stream): sft, dft or is loss.
 
-    For many processes: `torchrun --nproc_per_node N -m mindgap.trainer ...` (the same flags).
+    Prints the summary as JSON (rank 0). For many processes: `torchrun --nproc_per_node N -m mindgap.trainer ...` (the same flags).
     """
     if bool(config.data) == bool(config.redis):
         fail("give --data FILE (repeatable) or --redis URL (the live stream), one of them")

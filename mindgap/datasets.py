@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict, Unpack
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mindgap.answers import derive_answer
 from mindgap.jsonl import JsonlError, json_lines, json_value, numbered_lines
@@ -111,6 +111,29 @@ PRESETS: dict[str, FieldMap] = {
 """Field maps for known data sets; ``mindgap`` is the default."""
 
 DEFAULT_PRESET = "mindgap"
+
+
+class ProblemSelection(BaseModel):
+    """Which rows of a data set become problems: the field mapping, the split, how many.
+
+    Shared by the command line's data options and the rewriter API's server-side data sets.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str = Field(default=DEFAULT_PRESET, description="Field mapping of the rows: "
+                        + ", ".join(sorted(PRESETS)) + ".",
+                        json_schema_extra={"enum": sorted(PRESETS)})
+    split: str = Field(default="train", min_length=1, max_length=256,
+                       description="Split of a Hugging Face data set with several splits.")
+    limit: int | None = Field(default=None, ge=1, description="Only the first N problems.")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(PRESETS))}")
+        return value
 
 
 @dataclass

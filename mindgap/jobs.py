@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mindgap.datasets import PRESETS
+from mindgap.datasets import ProblemSelection
 from mindgap.schemas import AlignedExample, Problem, RewriteOptions
 
 MAX_SYNC_ITEMS = 64
@@ -62,27 +62,12 @@ class JobState(BaseModel):
 # --- Requests and responses -----------------------------------------------------------
 
 
-class DatasetSpec(BaseModel):
+class DatasetSpec(ProblemSelection):
     """A data set the server reads itself (the path must exist on the server)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     path: str = Field(min_length=1, max_length=4096,
                       description="A .jsonl/.json/.parquet file, or a folder written by "
                       "Hugging Face `save_to_disk`, readable by the server.")
-    preset: str = Field(default="mindgap", description="Field mapping: "
-                        + ", ".join(sorted(PRESETS)) + ".",
-                        json_schema_extra={"enum": sorted(PRESETS)})
-    split: str = Field(default="train", min_length=1, max_length=256,
-                       description="Split of a Hugging Face folder with several splits.")
-    limit: int | None = Field(default=None, ge=1, description="Most problems to read.")
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in PRESETS:
-            raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(PRESETS))}")
-        return value
 
     @field_validator("path")
     @classmethod

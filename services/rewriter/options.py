@@ -9,36 +9,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mindgap.datasets import PRESETS
+from mindgap.datasets import ProblemSelection
 
 EngineKind = Literal["transformers", "vllm", "openai"]
 """The generation engines: in-process transformers or vLLM, or an OpenAI-compatible server."""
 
 
-class DataOptions(BaseModel):
-    """Which problems to read."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class DataOptions(ProblemSelection):
+    """Which problems to read, from where."""
 
     data: str = Field(description="Problems: a .jsonl/.json/.parquet file, a folder written by "
                       "Hugging Face `save_to_disk`, or a Hugging Face dataset name.")
-    preset: str | None = Field(default=None, description="Field mapping of the rows: "
-                               + ", ".join(sorted(PRESETS)) + " (default: mindgap's own "
-                               "fields, or guessed from the data set's name).")
-    split: str = Field(default="train", min_length=1,
-                       description="Split of a Hugging Face data set.")
-    limit: int | None = Field(default=None, ge=1, description="Only the first N problems.")
     skip_invalid: bool = Field(default=False, description="Log and skip rows that are not "
                                "valid problems instead of stopping at the first.")
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str | None) -> str | None:
-        if value is not None and value not in PRESETS:
-            raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(PRESETS))}")
-        return value
 
 
 class EngineOptions(BaseModel):
