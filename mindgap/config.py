@@ -32,6 +32,9 @@ class QueueSettings(BaseSettings):
                            description="The Redis that holds the queue.")
     prefix: str = Field(default="mindgap", min_length=1,
                         description="Key prefix of the queue's keys in Redis.")
+    socket_timeout_s: float = Field(default=5.0, gt=0, le=300, description="Longest wait for "
+                                    "one Redis reply; while Redis is away a request fails "
+                                    "(503) within about this time.")
 
 
 class VerifierSettings(BaseSettings):
@@ -45,6 +48,9 @@ class VerifierSettings(BaseSettings):
     memory_mb: int = Field(default=2048, ge=256, description="Address-space limit per worker.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024,
                                 description="Largest accepted HTTP request body.")
+    max_queued_per_client: int = Field(default=4096, ge=1, description="Most items one client "
+                                       "(API key, else address) may have waiting or running; "
+                                       "429 with Retry-After beyond.")
     url: str | None = Field(default=None, description="Verify through the verifier service at "
                             "this URL instead of a local sandbox pool (also gates the "
                             "rewriter's /readyz).")
@@ -61,6 +67,18 @@ class RewriterSettings(BaseSettings):
                                    "job polls of a synchronous POST /v1/rewrite.")
     url: str = Field(default="http://127.0.0.1:8000", description="The rewriter service that "
                      "`mindgap submit` and `mindgap results` talk to.")
+    data_root: Path | None = Field(default=None, description="Server-side data sets "
+                                   "(`dataset.path` of POST /v1/jobs) must lie under this "
+                                   "folder, symlinks resolved; unset: server-side data sets are "
+                                   "refused.")
+    max_dataset_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="Largest "
+                                   "server-side data set file.")
+    max_job_items: int = Field(default=100_000, ge=1, description="Most problems in one job "
+                               "(inline or from a data set); 413 beyond.")
+    max_open_jobs: int = Field(default=100, ge=1, description="Most queued or running jobs "
+                               "at once; 429 beyond.")
+    job_ttl_s: float = Field(default=7 * 24 * 3600, gt=0, description="A finished job (its "
+                             "status and results) expires this long after it ends.")
 
 
 class ModelStoreSettings(BaseSettings):
