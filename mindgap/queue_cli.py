@@ -7,6 +7,7 @@ redis) is imported only when a command runs, so ``mindgap`` starts without them.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mindgap.config import QueueSettings
-from mindgap.options import command_options
+from mindgap.options import command_options, fail
 
 if TYPE_CHECKING:
     from mindgap.queue import Queue
@@ -25,6 +26,8 @@ queue_app = typer.Typer(help="Inspect and maintain the Redis job queue.",
 
 @contextmanager
 def _opened(settings: QueueSettings) -> Iterator[Queue]:
+    if importlib.util.find_spec("redis") is None:
+        fail("mindgap queue needs the redis client: pip install 'mindgap[serve]'")
     from mindgap.queue import Queue
 
     queue = Queue.from_url(settings.redis_url, settings.prefix, retries=3,
