@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mindgap import __version__
+from mindgap import __version__, redact
 from mindgap.config import QueueSettings, RewriterSettings, ServiceSettings, VerifierSettings
 from mindgap.options import Flags, command_options, fail
 from mindgap.queue_cli import queue_app
@@ -131,6 +131,7 @@ def serve_verifier(settings: VerifierSettings, host: Host = "127.0.0.1", port: P
 
     from mindgap.verifier.app import create_app
 
+    redact.install()
     uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level)
 
 
@@ -146,6 +147,7 @@ def serve_rewriter(host: Host = "127.0.0.1", port: Port = 8000,
 
     from mindgap.rewriter.app import create_app
 
+    redact.install()
     uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
 
 
@@ -246,7 +248,8 @@ def worker(engine: EngineOptions, worker: WorkerOptions, queue: QueueSettings,
     from mindgap.queue import Backpressure, Queue
     from mindgap.rewriter.worker import Worker
 
-    jobs = Queue.from_url(queue.redis_url, queue.prefix,
+    redact.install()
+    jobs = Queue.from_url(queue.redis_url, queue.prefix, socket_timeout=queue.socket_timeout_s,
                           visibility_timeout_ms=int(worker.visibility_timeout_s * 1000))
     generator = _engine(engine, worker.engine_seed)
     checker = _verifier(verifier)
@@ -256,7 +259,8 @@ def worker(engine: EngineOptions, worker: WorkerOptions, queue: QueueSettings,
     runner = Worker(jobs, generator, checker, name, batch_size=worker.batch_size,
                     backpressure=backpressure)
     runner.install_signal_handlers()
-    typer.echo(f"worker {name}: waiting for tasks on {queue.redis_url} ({queue.prefix})",
+    typer.echo(f"worker {name}: waiting for tasks on {redact.redact(queue.redis_url)} "
+               f"({queue.prefix})",
                err=True)
     try:
         stats = runner.run()
@@ -359,13 +363,15 @@ def results(
 def train(config: TrainConfig) -> None:
     """Fine-tune on aligned examples (files or the live Redis stream): sft, dft or is loss.
 
-    Prints the summary as JSON (rank 0). For many processes: `torchrun --nproc_per_node N -m mindgap.trainer ...` (the same flags).
+    Prints the summary as JSON (rank 0). For many processes:
+    `torchrun --nproc_per_node N -m mindgap.trainer ...` (the same flags).
     """
     if bool(config.data) == bool(config.redis):
         fail("give --data FILE (repeatable) or --redis URL (the live stream), one of them")
     from mindgap.rewriter.model_store import resolve_model
     from mindgap.trainer.loop import train as run_training
 
+    redact.install()
     if not config.model:
         config = config.model_copy(update={"model": resolve_model(None)})
     summary = run_training(config)

@@ -31,7 +31,7 @@ def _opened(settings: QueueSettings) -> Iterator[Queue]:
     from mindgap.queue import Queue
 
     queue = Queue.from_url(settings.redis_url, settings.prefix, retries=3,
-                           create_groups=False)
+                           socket_timeout=settings.socket_timeout_s, create_groups=False)
     try:
         yield queue
     finally:

@@ -16,6 +16,11 @@ entries, acknowledges those the checkpoint already covers (id <= the committed i
 serves the rest again, in the original order, before new entries. Entries reach a consumer in
 increasing id order, so "everything delivered up to id X" is the whole position.
 
+A Redis outage, however long, is waited out (``Outage``: backoff, logged once when it
+begins and once when it ends). A reply lost to a dropped connection cannot lose an entry:
+every read first serves this consumer's pending entries after the last one served (they
+can only come from a lost reply) before reading new ones.
+
 A run stops when ``next_batch`` returns nothing: with ``job``, once the job is finished and
 every aligned entry added before it finished has been delivered; without, after
 ``idle_timeout_s`` without a new entry (``None``: wait for ever; ``max_steps`` ends the run).
@@ -30,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mindgap.queue import FINISHED, Queue, entry_order
+from mindgap.queue.store import Outage
 from mindgap.schemas import AlignedExample
 from mindgap.trainer.sources import ExampleStream
 
@@ -64,8 +70,10 @@ class RedisStream(ExampleStream):
         self._trained: list[str] = []           # committed, not yet acknowledged
         self._finished = False
         self._drain_mark: str | None = None
+        self._last_id = "0"                     # the newest entry served (rank 0)
+        self._outage = Outage(f"trainer {consumer}")
         if rank == 0 and job is not None:
-            status = queue.jobs.status(job)
+            status = self._outage.call(lambda: queue.jobs.status(job))
             if status is None:
                 raise ValueError(f"job {job!r} not found in Redis (prefix {queue.prefix!r})")
             if not status.feed_trainer:
@@ -78,32 +86,50 @@ class RedisStream(ExampleStream):
         """Read this consumer's pending entries: acknowledge those a checkpoint covers, queue
         the others to be served again."""
         covered: list[str] = []
-        after = "0"
-        while page := self.stream.read_pending(self.consumer, _PAGE, after=after):
+        while page := self._pending_after(self._last_id):
             for entry_id, example in page:
                 if self._committed_id is not None and \
                         entry_order(entry_id) <= entry_order(self._committed_id):
                     covered.append(entry_id)
                 else:
                     self._replay.append((entry_id, example))
-            after = page[-1][0]
-        self.stream.ack(covered)
-        self.stream.set_trained(self.consumer, 0)
+        self._outage.call(lambda: self.stream.ack(covered))
+        self._outage.call(lambda: self.stream.set_trained(self.consumer, 0))
         if covered or self._replay:
             log.info("consumer %s: %d pending entries already in the checkpoint acknowledged, "
                      "%d served again", self.consumer, len(covered), len(self._replay))
         self._recovered = True
 
+    def _pending_after(self, after: str, count: int = _PAGE) -> Batch:
+        """This consumer's pending entries after ``after`` (``_last_id`` moves past them)."""
+        page = self._outage.call(lambda: self.stream.read_pending(self.consumer, count,
+                                                                  after=after))
+        if page:
+            self._last_id = page[-1][0]
+        return page
+
+    def _read_new(self, count: int) -> Batch:
+        """Entries lost in a dropped reply first (pending after ``_last_id``), else new ones."""
+        got = self._pending_after(self._last_id, count)
+        if not got:
+            got = self._outage.call(lambda: self.stream.read_new(self.consumer, count,
+                                                                 self.block_ms))
+            if got:
+                self._last_id = got[-1][0]
+        return got
+
     def _job_drained(self) -> bool:
         assert self.job is not None
-        status = self.queue.jobs.status(self.job)
+        job = self.job
+        status = self._outage.call(lambda: self.queue.jobs.status(job))
         if status is None:
             raise RuntimeError(f"job {self.job!r} disappeared from Redis")
         if status.status not in FINISHED:
             return False
         if self._drain_mark is None:  # every entry of the job was added before this id
-            self._drain_mark = self.stream.last_id()
-        return self.stream.delivered_through(self._drain_mark)
+            self._drain_mark = self._outage.call(self.stream.last_id)
+        mark = self._drain_mark
+        return self._outage.call(lambda: self.stream.delivered_through(mark))
 
     def _read(self, n: int) -> Batch:
         if not self._recovered:
@@ -113,7 +139,7 @@ class RedisStream(ExampleStream):
             out.append(self._replay.popleft())
         last_new = time.monotonic()
         while len(out) < n and not self._finished:
-            got = self.stream.read_new(self.consumer, n - len(out), self.block_ms)
+            got = self._read_new(n - len(out))
             if got:
                 out += got
                 last_new = time.monotonic()
@@ -141,15 +167,17 @@ class RedisStream(ExampleStream):
             self._trained += ids
             self._committed_id = max(ids, key=entry_order)
         if self.rank == 0:
-            self.stream.set_trained(self.consumer, len(self._trained))
+            trained = len(self._trained)
+            self._outage.call(lambda: self.stream.set_trained(self.consumer, trained))
 
     def settle(self) -> None:
         """Acknowledge every trained entry (a checkpoint now holds them, or the run ended),
         then trim what every consumer group has acknowledged."""
         if self.rank == 0 and self._trained:
-            self.stream.ack(self._trained)
-            self.stream.set_trained(self.consumer, 0)
-            self.stream.trim()
+            trained = self._trained
+            self._outage.call(lambda: self.stream.ack(trained))
+            self._outage.call(lambda: self.stream.set_trained(self.consumer, 0))
+            self._outage.call(self.stream.trim)
         self._trained = []
 
     def state(self) -> dict[str, Any]:
@@ -170,6 +198,7 @@ class RedisStream(ExampleStream):
         self._issued.clear()
         self._trained = []
         self._recovered = False
+        self._last_id = "0"
 
     def close(self) -> None:
         self.queue.close()

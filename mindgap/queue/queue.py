@@ -39,8 +39,10 @@ class Queue:
 
     @classmethod
     def from_url(cls, url: str = "redis://127.0.0.1:6379/0", prefix: str = "mindgap", *,
-                 retries: int = 20, socket_timeout: float = 30.0, **kwargs: Any) -> Queue:
-        """Connect with retries on connection errors (see ``connect``)."""
+                 retries: int = 3, socket_timeout: float | None = None,
+                 **kwargs: Any) -> Queue:
+        """Connect with bounded waits and a few retries on connection errors (see
+        ``connect``; the socket timeout defaults to ``QueueSettings.socket_timeout_s``)."""
         return cls(connect(url, retries=retries, socket_timeout=socket_timeout), prefix,
                    **kwargs)
 

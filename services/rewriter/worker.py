@@ -2,7 +2,10 @@
 
 A task is acknowledged only inside ``Tasks.complete_many`` (result written first,
 atomically), so a killed worker loses nothing: its tasks are reclaimed after the visibility
-timeout.
+timeout. While a batch is worked on, a ``Lease`` extends its tasks' visibility, so a long
+engine call is not reclaimed and recomputed elsewhere. A Redis outage, however long, is
+ridden out (``Outage``): the worker waits with backoff, and a batch in hand keeps its
+computed results and completes them once Redis is back.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from mindgap.queue import Backpressure, Queue, Task
+from mindgap.queue import Backpressure, Queue, Task, Tasks
+from mindgap.queue.store import REDIS_DOWN, Outage
 from mindgap.rewriter.aligner import Aligner, Verifier
 from mindgap.rewriter.engines.base import Engine
 from mindgap.schemas import RewriteOptions
@@ -41,6 +45,32 @@ class WorkerStats:
     task_latency_s: list[float] = field(default_factory=list)
 
 
+class Lease:
+    """While a batch is worked on (``with Lease(...)``), a background thread extends the
+    visibility of its tasks every ``every_s`` (``Tasks.touch``); a touch that fails (Redis
+    away) is tried again at the next tick."""
+
+    def __init__(self, tasks: Tasks, held: Sequence[Task], every_s: float) -> None:
+        self.tasks, self.held, self.every_s = tasks, list(held), every_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="lease", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        while not self._done.wait(self.every_s):
+            try:
+                self.tasks.touch(self.held)
+            except REDIS_DOWN as exc:
+                log.debug("lease extension failed (%s); next try in %.1f s", exc, self.every_s)
+
+
 class Worker:
     """One consumer of ``rewriters``: claim a batch, align it, complete or fail each task."""
 
@@ -56,13 +86,14 @@ class Worker:
         self.backpressure = backpressure
         self.stats = WorkerStats()
         self.stop = threading.Event()
+        self.outage = Outage(f"worker {consumer}", stop=self.stop)
 
     def _aligner(self, options: dict[str, Any]) -> Aligner:
         return Aligner(self.engine, self.verifier, RewriteOptions(**options))
 
     def _settle(self, task: Task, error: str) -> None:
         self.stats.failed_attempts += 1
-        if self.queue.tasks.fail(task, error):
+        if self.outage.call(lambda: self.queue.tasks.fail(task, error)):
             self.stats.dead_lettered += 1
             log.warning("task %s (problem %s) dead-lettered: %s", task.entry_id,
                         task.problem.id, error)
@@ -84,7 +115,8 @@ class Worker:
             for task in tasks:
                 self._run_group([task])
             return
-        recorded = self.queue.tasks.complete_many(list(zip(tasks, examples, strict=True)))
+        done = list(zip(tasks, examples, strict=True))
+        recorded = self.outage.call(lambda: self.queue.tasks.complete_many(done))
         self.stats.completed += sum(recorded)
         self.stats.duplicates += len(recorded) - sum(recorded)
 
@@ -118,11 +150,9 @@ class Worker:
         for task in tasks:
             key = repr(sorted(task.options.items()))
             groups.setdefault(key, []).append(task)
-        left = list(groups.values())
-        while left:
-            self._run_group(left.pop(0))
-            if left:  # the lease of the tasks still waiting runs from now again
-                self.queue.tasks.touch([task for group in left for task in group])
+        with Lease(self.queue.tasks, tasks, self.queue.tasks.visibility_timeout_ms / 3000):
+            for group in groups.values():
+                self._run_group(group)
         elapsed = time.monotonic() - started
         self.stats.batches += 1
         self.stats.task_latency_s.extend([elapsed] * len(tasks))
@@ -131,19 +161,34 @@ class Worker:
     def run(self, until: Callable[[], bool] | None = None) -> WorkerStats:
         """Work until ``stop`` is set (SIGTERM/SIGINT set it) or ``until()`` is true.
 
-        The batch in hand is finished first; unfinished tasks stay pending in Redis. The
-        worker announces itself with a heartbeat (what the rewriter's ``/readyz`` counts).
+        The batch in hand is finished first; unfinished tasks stay pending in Redis (also
+        those whose completion was still waiting for Redis when ``stop`` was set: another
+        worker redoes them). The worker announces itself with a heartbeat (what the
+        rewriter's ``/readyz`` counts). While Redis is away it waits with backoff.
         """
         beat = float("-inf")
         try:
             while not self.stop.is_set() and not (until and until()):
-                if time.monotonic() - beat >= HEARTBEAT_EVERY_S:
-                    self.queue.heartbeats.beat(self.consumer, ttl_s=HEARTBEAT_TTL_S)
-                    beat = time.monotonic()
-                self.run_once()
+                try:
+                    if time.monotonic() - beat >= HEARTBEAT_EVERY_S:
+                        self.queue.heartbeats.beat(self.consumer, ttl_s=HEARTBEAT_TTL_S)
+                        beat = time.monotonic()
+                    self.run_once()
+                except REDIS_DOWN as exc:
+                    self.outage.failed(exc)
+                    continue
+                self.outage.recovered()
         finally:
-            self.queue.heartbeats.gone(self.consumer)
+            self._gone()
         return self.stats
+
+    def _gone(self) -> None:
+        """Withdraw the heartbeat, unless Redis is away (it then expires by itself)."""
+        try:
+            self.queue.heartbeats.gone(self.consumer)
+        except REDIS_DOWN:
+            log.warning("worker %s: Redis unreachable at exit; its heartbeat expires in %d s",
+                        self.consumer, HEARTBEAT_TTL_S)
 
     def install_signal_handlers(self) -> None:
         """Finish the current batch on SIGTERM/SIGINT, then exit the loop."""
