@@ -12,8 +12,13 @@ is opened with Hugging Face ``datasets`` (``load_from_disk`` for a folder writte
 The reference answer is the mapped answer field, else derived from the solution (the last
 ``\\boxed{}``, else the GSM8K ``#### n`` line), as DESIGN.md prescribes. A row without one is
 invalid. Every bad row raises :class:`DatasetError` naming the source, the 1-based line (row)
-number and the field, e.g. ``data.jsonl:17: field 'question': missing``; with
-``skip_invalid=True`` it is logged as a warning, counted in a :class:`ReadReport`, and skipped.
+number and the field, e.g. ``data.jsonl:17: field 'question': missing`` (never a field's
+value); with ``skip_invalid=True`` it is logged as a warning, counted in a :class:`ReadReport`,
+and skipped. A source that fails to read raises :class:`UnreadableSource`. For untrusted sources
+(the rewriter API's server-side data sets) ``max_rows`` and ``max_line_bytes`` bound the work: a
+JSON line longer than the cap is a bad row, skipped without being held in memory, and the row
+past ``max_rows`` raises :class:`TooManyRows`. Problems that arrive whole (the API's inline
+items) get the same checks from :func:`problem_errors`.
 
 Writing (``write_jsonl``, ``append_jsonl``) flushes and fsyncs on every call, and
 ``read_jsonl_ids`` ignores an unterminated last line, so a killed run can ``--resume``.
@@ -34,7 +39,7 @@ from typing import Any, Literal, TypedDict, Unpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mindgap.answers import derive_answer
-from mindgap.jsonl import JsonlError, json_lines, json_value, numbered_lines
+from mindgap.jsonl import JsonlError, json_lines, json_value
 from mindgap.schemas import Problem
 
 __all__ = [
@@ -44,12 +49,16 @@ __all__ = [
     "FieldMap",
     "ReadOptions",
     "ReadReport",
+    "TooManyRows",
+    "UnreadableSource",
     "append_jsonl",
     "dataset_format",
     "derive_answer",
     "iter_problems",
+    "problem_errors",
     "read_jsonl_ids",
     "read_problems",
+    "reference_answer",
     "write_jsonl",
 ]
 
@@ -60,6 +69,7 @@ PARQUET_SUFFIXES = (".parquet",)
 
 _CALCULATOR = re.compile(r"<<[^<>\n]*>>")
 _HF_DISK_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
+_SKIP_CHUNK = 64 * 1024
 
 DatasetFormat = Literal["jsonl", "parquet", "hf-disk", "hf"]
 """How a source is read: JSON lines, Parquet, a ``save_to_disk`` folder, ``load_dataset``."""
@@ -67,6 +77,15 @@ DatasetFormat = Literal["jsonl", "parquet", "hf-disk", "hf"]
 
 class DatasetError(ValueError):
     """A source that cannot be read, or a row that does not make a valid problem."""
+
+
+class UnreadableSource(DatasetError):
+    """The source's reader failed (opening it or midway); the message quotes the reader's own
+    error, which may name paths or data, so services answer with their own words."""
+
+
+class TooManyRows(DatasetError):
+    """The source has more rows than ``max_rows``; reading stopped at the first one beyond."""
 
 
 class FieldMap(BaseModel):
@@ -257,6 +276,25 @@ def _to_problem(row: Any, fmap: FieldMap, default_id: str) -> Problem:
         raise _RowError(f"{_label(source_field, target)}: {first['msg']}") from None
 
 
+def reference_answer(problem: Problem) -> str | None:
+    """The answer a problem is checked against: its ``answer`` unless blank, else the one its
+    solution states (last ``\\boxed{}``, else the ``#### n`` line); None when there is none."""
+    given = (problem.answer or "").strip()
+    return given or derive_answer(problem.solution)
+
+
+def problem_errors(problem: Problem) -> list[tuple[str, str]]:
+    """The checks a data set's row gets, for a problem that arrives whole (the rewriter API's
+    inline items): ``(field, reason)`` for each blank id, question or solution, and a missing
+    reference answer; the reasons never quote a value."""
+    errors = [(name, "empty") for name in ("id", "question", "solution")
+              if not getattr(problem, name).strip()]
+    if reference_answer(problem) is None:
+        errors.append(("answer", "no reference answer (no answer, and no \\boxed{} or "
+                       "'#### n' line in the solution)"))
+    return errors
+
+
 # --- Sources: each yields (1-based line/row number, row or a parse error) ------------------
 
 
@@ -284,9 +322,29 @@ def _reader_module(module: str, source: str, what: str) -> Any:
                            "rewrite extra (pip install 'mindgap[rewrite]')") from exc
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _bounded_lines(path: Path, max_line_bytes: int | None) -> Iterator[tuple[int, bytes | None]]:
+    """The non-blank lines of a file with their 1-based numbers; a line longer than
+    ``max_line_bytes`` (its newline not counted) comes as None, skipped in chunks, never held
+    whole."""
+    limit = -1 if max_line_bytes is None else max_line_bytes + 1
+    with path.open("rb") as handle:
+        number = 0
+        while raw := handle.readline(limit):
+            number += 1
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):
+                    raw = handle.readline(_SKIP_CHUNK)
+                yield number, None
+            elif raw.strip():
+                yield number, raw
+
+
+def _jsonl_rows(path: Path, max_line_bytes: int | None) -> Iterator[tuple[int, Any]]:
     """Rows of a JSON-lines file with their 1-based line numbers; blank lines are skipped."""
-    for number, raw in numbered_lines(path):
+    for number, raw in _bounded_lines(path, max_line_bytes):
+        if raw is None:
+            yield number, _RowError(f"line longer than {max_line_bytes} bytes")
+            continue
         try:
             row = json_value(raw)
         except JsonlError as exc:
@@ -294,13 +352,13 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
         yield number, row
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _parquet_rows(path: Path, label: str) -> Iterator[tuple[int, Any]]:
     """Rows of a Parquet file, read in batches, with 1-based row numbers."""
-    pq = _reader_module("pyarrow.parquet", str(path), "Parquet")
+    pq = _reader_module("pyarrow.parquet", label, "Parquet")
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:
-        raise DatasetError(f"{path}: cannot read Parquet: {exc}") from exc
+        raise UnreadableSource(f"{label}: cannot read Parquet: {exc}") from exc
     number = 0
     for batch in parquet.iter_batches(batch_size=1024):
         for row in batch.to_pylist():
@@ -308,11 +366,12 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
             yield number, row
 
 
-def _hf_dataset(name: str, split: str, config: str | None, from_disk: bool) -> tuple[Any, str]:
+def _hf_dataset(name: str, label: str, split: str, config: str | None,
+                from_disk: bool) -> tuple[Any, str]:
     """A Hugging Face dataset (``save_to_disk`` folder or ``load_dataset`` name) and the stem
     for default ids."""
-    datasets = _reader_module("datasets", name, "a Hugging Face dataset")
-    stem = Path(name).name or name
+    datasets = _reader_module("datasets", label, "a Hugging Face dataset")
+    stem = Path(label).name or label
     try:
         if not from_disk:
             return datasets.load_dataset(name, config, split=split), f"{stem}-{split}"
@@ -320,27 +379,40 @@ def _hf_dataset(name: str, split: str, config: str | None, from_disk: bool) -> t
         if not isinstance(loaded, datasets.DatasetDict):
             return loaded, stem
         if split not in loaded:
-            raise DatasetError(f"{name}: no split {split!r}; splits: {', '.join(sorted(loaded))}")
+            raise DatasetError(f"{label}: no split {split!r}; splits: "
+                               f"{', '.join(sorted(loaded))}")
         return loaded[split], f"{stem}-{split}"
     except DatasetError:
         raise
     except Exception as exc:
-        raise DatasetError(f"{name}: cannot load with Hugging Face datasets: {exc}") from exc
+        raise UnreadableSource(f"{label}: cannot load with Hugging Face datasets: {exc}"
+                               ) from exc
 
 
-def _source(
-    path_or_name: str, split: str, config: str | None
-) -> tuple[Iterator[tuple[int, Any]], str]:
-    """The rows of a source and the stem used for default ids."""
+def _guarded(rows: Iterator[tuple[int, Any]], label: str) -> Iterator[tuple[int, Any]]:
+    """``rows``, a reader's failure midway raised as :class:`UnreadableSource`."""
+    try:
+        yield from rows
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise UnreadableSource(f"{label}: cannot read: {exc}") from exc
+
+
+def _source(path_or_name: str, label: str,
+            options: ReadOptions) -> tuple[Iterator[tuple[int, Any]], str]:
+    """The rows of a source and the stem used for default ids (both named by ``label``)."""
     kind = dataset_format(path_or_name)
     if kind in ("jsonl", "parquet"):
         path = Path(path_or_name)
         if not path.is_file():
-            raise DatasetError(f"{path_or_name}: no such file")
-        reader = _jsonl_rows if kind == "jsonl" else _parquet_rows
-        return reader(path), path.stem
-    dataset, stem = _hf_dataset(path_or_name, split, config, from_disk=kind == "hf-disk")
-    return enumerate(iter(dataset), start=1), stem
+            raise DatasetError(f"{label}: no such file")
+        rows = (_jsonl_rows(path, options.get("max_line_bytes")) if kind == "jsonl"
+                else _parquet_rows(path, label))
+        return _guarded(rows, label), Path(label).stem
+    dataset, stem = _hf_dataset(path_or_name, label, options.get("split", "train"),
+                                options.get("config"), from_disk=kind == "hf-disk")
+    return _guarded(enumerate(iter(dataset), start=1), label), stem
 
 
 class ReadOptions(TypedDict, total=False):
@@ -360,6 +432,13 @@ class ReadOptions(TypedDict, total=False):
     """Log, skip and count a bad row instead of raising (default False)."""
     report: ReadReport | None
     """Filled with the counts of the read."""
+    name: str | None
+    """How messages and default ids name the source (default: ``path_or_name``); the
+    rewriter API passes the client's path, never the one it resolved."""
+    max_rows: int | None
+    """Raise :class:`TooManyRows` at the row beyond this many, bad rows included."""
+    max_line_bytes: int | None
+    """A longer JSON line is a bad row, skipped unread (default: no bound)."""
 
 
 def iter_problems(path_or_name: str, **options: Unpack[ReadOptions]) -> Iterator[Problem]:
@@ -370,23 +449,27 @@ def iter_problems(path_or_name: str, **options: Unpack[ReadOptions]) -> Iterator
         raise DatasetError(f"limit must be >= 0, got {limit}")
     fmap = resolve_fields(options.get("preset"), options.get("fields"))
     report = options.get("report") or ReadReport()
-    rows, stem = _source(path_or_name, options.get("split", "train"), options.get("config"))
+    label = options.get("name") or path_or_name
+    max_rows = options.get("max_rows")
+    rows, stem = _source(path_or_name, label, options)
     if limit == 0:
         return
     seen: dict[str, int] = {}
     for index, (number, row) in enumerate(rows):
         report.rows += 1
+        if max_rows is not None and report.rows > max_rows:
+            raise TooManyRows(f"{label}: more than {max_rows} rows")
         try:
             if isinstance(row, _RowError):
                 raise row
             problem = _to_problem(row, fmap, f"{stem}-{index}")
             if problem.id in seen:
                 raise _RowError(
-                    f"{_label(fmap.id or 'id', 'id')}: duplicate id {problem.id!r} "
+                    f"{_label(fmap.id or 'id', 'id')}: duplicate id "
                     f"(first on line {seen[problem.id]})"
                 )
         except _RowError as exc:
-            message = f"{path_or_name}:{number}: {exc}"
+            message = f"{label}:{number}: {exc}"
             if not skip_invalid:
                 raise DatasetError(message) from None
             log.warning("skipping bad row: %s", message)
@@ -408,7 +491,8 @@ def read_problems(path_or_name: str, **options: Unpack[ReadOptions]) -> list[Pro
     ``preset`` names a :data:`PRESETS` entry (default ``mindgap``); ``fields`` is a custom
     :class:`FieldMap` instead. ``limit`` caps the number of problems returned. A bad row or a
     duplicate id raises :class:`DatasetError`; with ``skip_invalid`` it is logged, skipped and
-    counted in ``report`` (pass a :class:`ReadReport` to get the counts).
+    counted in ``report`` (pass a :class:`ReadReport` to get the counts). ``name``,
+    ``max_rows`` and ``max_line_bytes`` are for untrusted sources; see :class:`ReadOptions`.
     """
     return list(iter_problems(path_or_name, **options))
 

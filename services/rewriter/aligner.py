@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from typing import Protocol
 
-from mindgap.answers import derive_answer
+from mindgap.datasets import reference_answer
 from mindgap.rewriter.engines.base import Engine, Sample
 from mindgap.rewriter.prompts import PromptTemplates
 from mindgap.schemas import (
@@ -200,7 +200,7 @@ class Aligner:
         """Aligned examples for ``problems``, in input order."""
         states = []
         for problem in problems:
-            reference = problem.answer or derive_answer(problem.solution)
+            reference = reference_answer(problem)
             if reference is None:
                 raise ValueError(f"problem {problem.id!r}: no reference answer in its solution")
             states.append(_State(problem, reference))

@@ -1,18 +1,15 @@
 """Requests the rewriter refuses: the ``Rejected`` error and its JSON answer, and the checks
-of submitted problems (repeated ids, a server-side data set)."""
+of inline problems (a server-side data set's are in :mod:`~mindgap.rewriter.data_root`)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from mindgap.datasets import DatasetError, ReadReport, dataset_format, read_problems
-from mindgap.jobs import DatasetSpec, dataset_error_line
+from mindgap.datasets import problem_errors
 from mindgap.schemas import Problem
 
 MAX_REPORTED_ERRORS = 100
@@ -39,8 +36,10 @@ def invalid(errors: list[dict[str, Any]], total: int | None = None) -> Rejected:
     return Rejected(422, summary, errors[:MAX_REPORTED_ERRORS], error_count=total)
 
 
-def reject_duplicate_ids(problems: list[Problem], field: str = "items") -> None:
-    """Reject problems whose ids repeat, naming each repeat's index."""
+def check_items(problems: list[Problem], field: str = "items") -> None:
+    """Reject problems that arrive whole (inline items) as a data set's bad rows would be:
+    a repeated id, a blank id, question or solution, no reference answer; each error names
+    ``items.N.field``."""
     first: dict[str, int] = {}
     errors = []
     for index, problem in enumerate(problems):
@@ -50,44 +49,10 @@ def reject_duplicate_ids(problems: list[Problem], field: str = "items") -> None:
                            f"{field}.{first[problem.id]})"})
         else:
             first[problem.id] = index
+        errors += [{"field": f"{field}.{index}.{name}", "message": reason}
+                   for name, reason in problem_errors(problem)]
     if errors:
         raise invalid(errors)
-
-
-def _check_dataset_path(path: str) -> None:
-    """Accept a readable data file or a ``save_to_disk`` folder; nothing that would make the
-    server fetch from the Hugging Face hub or scan a random folder."""
-    source = dataset_format(path)
-    if source == "hf-disk":
-        return
-    if source == "hf":
-        raise invalid([{"field": "dataset.path", "message": f"{path}: not a .jsonl, .json or "
-                        ".parquet file, nor a folder written by Hugging Face save_to_disk"}])
-    local = Path(path)
-    if not local.is_file():
-        raise invalid([{"field": "dataset.path", "message": f"{path}: no such file on "
-                        "the server"}])
-    if not os.access(local, os.R_OK):
-        raise invalid([{"field": "dataset.path", "message": f"{path}: not readable by "
-                        "the server"}])
-
-
-def read_dataset(spec: DatasetSpec) -> list[Problem]:
-    """Read every row; any bad one rejects the job with each bad row's line and field."""
-    _check_dataset_path(spec.path)
-    report = ReadReport()
-    try:
-        problems = read_problems(spec.path, preset=spec.preset, split=spec.split,
-                                 limit=spec.limit, skip_invalid=True, report=report)
-    except DatasetError as exc:
-        raise invalid([{"field": "dataset", "message": str(exc)}]) from None
-    if report.errors:
-        errors = [{"field": "dataset", "line": dataset_error_line(message, spec.path),
-                   "message": message} for message in report.errors]
-        raise invalid(errors, total=report.skipped)
-    if not problems:
-        raise invalid([{"field": "dataset", "message": f"{spec.path}: no problems"}])
-    return problems
 
 
 async def _rejected(request: Request, exc: Exception) -> JSONResponse:
@@ -99,7 +64,7 @@ async def _rejected(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _queue_down(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": f"queue unavailable: {exc}"}, status_code=503)
+    return JSONResponse({"detail": f"queue unavailable ({type(exc).__name__})"}, status_code=503)
 
 
 def install_rejections(app: FastAPI) -> None:

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,16 @@ from mindgap.datasets import (
     DatasetError,
     FieldMap,
     ReadReport,
+    TooManyRows,
+    UnreadableSource,
     append_jsonl,
     dataset_format,
     derive_answer,
     iter_problems,
+    problem_errors,
     read_jsonl_ids,
     read_problems,
+    reference_answer,
     write_jsonl,
 )
 from mindgap.schemas import Problem
@@ -199,13 +204,86 @@ def test_invalid_utf8_and_bad_unicode_are_row_errors(tmp_path: Path) -> None:
 def test_duplicate_ids_name_both_lines(tmp_path: Path) -> None:
     row = {"id": "same", "question": "Q", "solution": "#### 1"}
     path = write_rows(tmp_path / "dup.jsonl", [row, {**row, "id": "other"}, "", row])
-    with pytest.raises(DatasetError, match=r"dup\.jsonl:4: field 'id': duplicate id 'same' "
-                       r"\(first on line 1\)"):
+    with pytest.raises(DatasetError, match=r"dup\.jsonl:4: field 'id': duplicate id "
+                       r"\(first on line 1\)") as info:
         read_problems(str(path))
+    assert "same" not in str(info.value)  # messages name lines and fields, never values
     report = ReadReport()
     assert len(read_problems(str(path), skip_invalid=True, report=report)) == 2
     assert report.skipped == 1
 
+
+
+# --- Untrusted sources: bounded reads, messages that name the client's path ------------
+
+
+def test_a_line_over_the_cap_is_a_bad_row_never_held_whole(tmp_path: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    good = json.dumps({"id": "b", "question": "Q", "solution": "#### 1"})
+    with path.open("wb") as handle:
+        handle.write(b'{"id": "a", "question": "' + b"x" * (8 * 1024 * 1024) + b'"}\n')
+        handle.write(good.encode() + b"\n")
+    report = ReadReport()
+    tracemalloc.start()
+    try:
+        problems = read_problems(str(path), max_line_bytes=1024, skip_invalid=True,
+                                 report=report)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [p.id for p in problems] == ["b"]
+    assert report.errors == [f"{path}:1: line longer than 1024 bytes"]
+    assert peak < 1024 * 1024, peak
+    exact = write_rows(tmp_path / "exact.jsonl", [good])
+    assert len(read_problems(str(exact), max_line_bytes=len(good))) == 1  # newline not counted
+    with pytest.raises(DatasetError, match=r"exact\.jsonl:1: line longer than"):
+        read_problems(str(exact), max_line_bytes=len(good) - 1)
+
+
+def test_max_rows_stops_at_the_row_beyond(tmp_path: Path) -> None:
+    rows = [{"id": f"p{i}", "question": "Q", "solution": f"#### {i}"} for i in range(5)]
+    path = write_rows(tmp_path / "rows.jsonl", [*rows, "{broken"])
+    assert len(read_problems(str(path), max_rows=6, skip_invalid=True)) == 5
+    with pytest.raises(TooManyRows, match=r"rows\.jsonl: more than 4 rows"):
+        read_problems(str(path), max_rows=4)
+    assert len(read_problems(str(path), max_rows=3, limit=3)) == 3  # the limit comes first
+
+
+def test_name_labels_messages_and_default_ids(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "v3.jsonl", [GSM8K_ROW, {"question": "Q"}])
+    report = ReadReport()
+    (problem,) = read_problems(str(path), preset="gsm8k", name="latest.jsonl",
+                               skip_invalid=True, report=report)
+    assert problem.id == "latest-0"
+    assert report.errors == ["latest.jsonl:2: field 'answer' (solution): missing"]
+
+
+def test_a_failing_reader_is_an_unreadable_source(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(UnreadableSource, match=r"broken\.parquet: cannot read Parquet"):
+        read_problems(str(path))
+    folder = tmp_path / "dir.jsonl"
+    folder.mkdir()
+    with pytest.raises(DatasetError, match="no such file"):
+        read_problems(str(folder))
+
+
+def test_problem_errors_are_the_row_checks() -> None:
+    def problem(**changes: Any) -> Problem:
+        return Problem(**{"id": "a", "question": "Q", "solution": "S", "answer": "1",
+                          **changes})
+
+    assert problem_errors(problem()) == []
+    assert reference_answer(problem(answer=" 7 ")) == "7"
+    assert reference_answer(problem(answer=None, solution="so \\boxed{3}")) == "3"
+    assert reference_answer(problem(answer="  ", solution="x\n#### 4")) == "4"
+    assert [f for f, _ in problem_errors(problem(answer=None))] == ["answer"]
+    assert [f for f, _ in problem_errors(problem(id=" ", question="\n", solution="\t",
+                                                 answer=" "))] == [
+        "id", "question", "solution", "answer"]
+    assert "no reference answer" in problem_errors(problem(answer=None))[0][1]
 
 def test_limit(tmp_path: Path) -> None:
     rows = [{"id": f"p{i}", "question": "Q", "solution": f"#### {i}"} for i in range(10)]
