@@ -67,7 +67,8 @@ class DatasetSpec(ProblemSelection):
 
     path: str = Field(min_length=1, max_length=4096,
                       description="A .jsonl/.json/.parquet file, or a folder written by "
-                      "Hugging Face `save_to_disk`, readable by the server.")
+                      "Hugging Face `save_to_disk`, under the server's data root (a relative "
+                      "path is relative to it).")
 
     @field_validator("path")
     @classmethod
@@ -83,8 +84,9 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str | None = Field(default=None, pattern=JOB_ID_PATTERN,
-                               description="Client-chosen id (idempotent: resubmitting the "
-                               "same problems under it returns the existing job).")
+                               description="Client-chosen id (idempotent: resending the very "
+                               "same request under it returns the existing job; another "
+                               "request under a taken id gets 409).")
     items: list[Problem] | None = Field(default=None, min_length=1)
     dataset: DatasetSpec | None = None
     options: RewriteOptions = Field(default_factory=RewriteOptions)

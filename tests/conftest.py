@@ -46,10 +46,12 @@ def prefix() -> Iterator[str]:
 
 
 def run_schemathesis(url: str, max_examples: int, timeout_s: float) -> None:
-    """Fuzz a service's OpenAPI with schemathesis; fail on any server error."""
+    """Fuzz a service's OpenAPI with schemathesis; fail on any server error or any answer
+    that does not match its documented schema."""
     run = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
-         "--checks", "not_a_server_error", "--header", "Authorization: Bearer test-key",
+         "--checks", "not_a_server_error,response_schema_conformance",
+         "--header", "Authorization: Bearer test-key",
          "--max-examples", str(max_examples), "--seed", "1"],
         capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
     )

@@ -41,6 +41,16 @@ class Keys:
         return f"{self.prefix}:jobs"
 
     @property
+    def open_jobs(self) -> str:
+        """Set: ids of the queued and running jobs (what ``max_open`` counts)."""
+        return f"{self.prefix}:jobs:open"
+
+    @property
+    def expiring(self) -> str:
+        """Sorted set: finished job ids by the time their keys expire (to clean ``jobs``)."""
+        return f"{self.prefix}:jobs:expiring"
+
+    @property
     def trained(self) -> str:
         """Hash: trainer consumer -> how many of its pending aligned entries it trained on."""
         return f"{self.prefix}:trained"
@@ -58,10 +68,17 @@ class Keys:
         """Hash: the job's state."""
         return f"{self.prefix}:job:{job_id}"
 
-    def job_sets(self, job_id: str) -> tuple[str, str, str]:
-        """The job's hash and its sets of done and failed problem ids (exactly-once guard)."""
+    def job_keys(self, job_id: str) -> tuple[str, str, str, str, str, str, str]:
+        """What settling a job touches (``KEYS[1..7]`` of the scripts that may finish it):
+        its hash, its sets of done and failed problem ids (the exactly-once guard), its
+        results, its task list, and the open and expiring indexes."""
         base = self.job(job_id)
-        return base, f"{base}:done", f"{base}:failed"
+        return (base, f"{base}:done", f"{base}:failed", self.results(job_id),
+                self.job_tasks(job_id), self.open_jobs, self.expiring)
+
+    def job_tasks(self, job_id: str) -> str:
+        """List: the entry ids of the job's tasks, as enqueued (for a bulk cancel)."""
+        return f"{self.job(job_id)}:tasks"
 
     def enqueued(self, job_id: str) -> str:
         """Set: problem ids enqueued so far while a job is being created."""

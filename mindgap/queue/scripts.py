@@ -35,6 +35,7 @@ class Scripts:
     skip: Script
     start: Script
     cancel: Script
+    drop_queued: Script
     touch: Script
     heartbeat: Script
     live: Script

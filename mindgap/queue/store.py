@@ -21,8 +21,10 @@ from mindgap.redact import redact
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
-"""What a Redis outage raises (``BusyLoadingError``, Redis loading its data, is one too)."""
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError)
+"""What a Redis outage raises (``BusyLoadingError``, Redis loading its data, is one too; a
+restart between a pipeline's script check and its execution loses the scripts, and the retry
+loads them again)."""
 
 
 def connect(url: str, *, retries: int = 3, socket_timeout: float | None = None) -> redis.Redis:

@@ -147,8 +147,7 @@ class Tasks:
         pipe = self._store.redis.pipeline(transaction=False)
         for task, example in done:
             self._store.scripts.complete(
-                keys=[*self._keys.job_sets(task.job_id), self._keys.tasks, self._keys.aligned,
-                      self._keys.results(task.job_id)],
+                keys=[*self._keys.job_keys(task.job_id), self._keys.tasks, self._keys.aligned],
                 args=[REWRITERS, task.entry_id, task.job_id, task.problem.id, example.source,
                       example.model_dump_json(), example.id], client=pipe)
         states = [int(state) for state in pipe.execute()]
@@ -178,7 +177,7 @@ class Tasks:
         job_id = fields.get("job", "")
         limit = self.max_deliveries if max_deliveries is None else max_deliveries
         return int(self._store.scripts.fail(
-            keys=[*self._keys.job_sets(job_id), self._keys.tasks, self._keys.dead],
+            keys=[*self._keys.job_keys(job_id), self._keys.tasks, self._keys.dead],
             args=[REWRITERS, consumer, entry_id, job_id, fields.get("problem_id", ""),
                   error[-_MAX_ERROR_CHARS:], deliveries, limit,
                   self.visibility_timeout_ms if retry_now else 0,

@@ -11,6 +11,8 @@ settings from :mod:`~mindgap.rewriter.deps`.
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import Depends, FastAPI
 
 from mindgap import __version__
@@ -36,13 +38,14 @@ def create_app(queue: Queue | None = None, settings: RewriterSettings | None = N
         where = QueueSettings()
         queue = Queue.from_url(where.redis_url, where.prefix, create_groups=False)
     counters = metrics.RewriterMetrics(queue)
+    stopping = threading.Event()  # set by SIGTERM/SIGINT: waiting /v1/rewrite calls answer
     app = FastAPI(title="mindgap rewriter", version=__version__,
-                  lifespan=closing_lifespan(queue.close if owned else None),
+                  lifespan=closing_lifespan(queue.close if owned else None, stopping),
                   description="Rewrite math problems into on-policy training examples: jobs "
                   "on a Redis queue, done by rewriter workers.")
     app.state.rewriter = RewriterContext(queue=queue, settings=settings,
                                          verifier_url=VerifierSettings().url,
-                                         registry=counters.registry)
+                                         registry=counters.registry, stopping=stopping)
     install_common(app, settings.max_body_bytes)
     install_rejections(app)
     observe_requests(app, counters.requests, counters.latency)

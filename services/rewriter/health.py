@@ -24,8 +24,8 @@ async def _redis_check(queue: Queue) -> tuple[str, list[str]]:
         await asyncio.wait_for(asyncio.to_thread(queue.redis.ping), READY_PROBE_TIMEOUT_S)
         workers = await asyncio.wait_for(asyncio.to_thread(queue.heartbeats.live),
                                          READY_PROBE_TIMEOUT_S)
-    except (redis.RedisError, TimeoutError) as exc:
-        return f"unreachable: {exc or type(exc).__name__}", []
+    except (redis.RedisError, TimeoutError) as exc:  # the type only: messages name hosts
+        return f"unreachable: {type(exc).__name__}", []
     return "ok", workers
 
 
@@ -37,7 +37,7 @@ async def _verifier_check(url: str | None) -> str:
         async with httpx.AsyncClient(timeout=READY_PROBE_TIMEOUT_S) as client:
             code = (await client.get(url.rstrip("/") + "/readyz")).status_code
     except httpx.HTTPError as exc:
-        return f"unreachable: {exc or type(exc).__name__}"
+        return f"unreachable: {str(exc) or type(exc).__name__}"
     return "ok" if code == 200 else f"not ready (HTTP {code})"
 
 

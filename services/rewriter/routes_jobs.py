@@ -5,19 +5,47 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from mindgap.jobs import ENTRY_ID_PATTERN, JobCreated, JobList, JobRequest, JobView, job_view
+from mindgap.jobs import (
+    ENTRY_ID_PATTERN,
+    JOB_ID_PATTERN,
+    JobCreated,
+    JobList,
+    JobRequest,
+    JobView,
+    job_view,
+)
 from mindgap.queue import Jobs, entry_order
-from mindgap.rewriter.deps import Context
-from mindgap.rewriter.rejections import Rejected, invalid, read_dataset, reject_duplicate_ids
+from mindgap.rewriter.data_root import read_dataset
+from mindgap.rewriter.deps import Context, create_job
+from mindgap.rewriter.rejections import Rejected, check_items, invalid
 
 router = APIRouter()
 
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, max_length=128,
+                            description="The job's id (as POST /v1/jobs answered it).")]
+"""A job id in a path: checked before any Redis key is made of it (422 otherwise)."""
+
 _NOT_FOUND = {404: {"description": "No such job."}}
 _MAX_STREAM_PART = 2**64 - 1
+
+
+async def _count_items(request: Request, context: Context) -> None:
+    """413 for more inline items than ``max_job_items``, counted in the parsed JSON before
+    any of them becomes a model."""
+    try:
+        body = await request.json()  # parsed once: FastAPI's body reads the same cache
+    except ValueError:
+        return  # the body's validation answers the malformed JSON
+    items = body.get("items") if isinstance(body, dict) else None
+    limit = context.settings.max_job_items
+    if isinstance(items, list) and len(items) > limit:
+        raise Rejected(413, f"{len(items)} items; a job holds at most {limit} "
+                       "(MINDGAP_REWRITER_MAX_JOB_ITEMS)", max_job_items=limit)
 
 
 def _view(jobs: Jobs, job_id: str) -> JobView:
@@ -51,26 +79,26 @@ def _result_lines(jobs: Jobs, job_id: str, after: str | None,
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobCreated,
+             dependencies=[Depends(_count_items)],
              responses={200: {"model": JobCreated, "description": "The job already existed "
-                              "with these problems (idempotent resend)."},
-                        409: {"description": "The job id is taken by other problems."},
-                        422: {"description": "Invalid rows, listed by index or line."}})
-def create_job(body: JobRequest, context: Context) -> JSONResponse:
+                              "with this very request (idempotent resend)."},
+                        409: {"description": "The job id is taken by another request (other "
+                              "problems, content, options or feed_trainer)."},
+                        413: {"description": "More than max_job_items problems."},
+                        422: {"description": "Invalid rows, listed by index or line."},
+                        429: {"description": "Too many open jobs; see Retry-After."}})
+def post_job(body: JobRequest, context: Context) -> JSONResponse:
     """Queue a batch job from inline items or a server-side data set."""
     if body.items is not None:
         problems = body.items
-        reject_duplicate_ids(problems)
+        check_items(problems)
     else:
         assert body.dataset is not None
-        problems = read_dataset(body.dataset)
-    jobs = context.queue.jobs
+        problems = read_dataset(body.dataset, context.settings)
     job_id = body.job_id or uuid.uuid4().hex
-    try:
-        created = jobs.create(job_id, problems, body.options.model_dump(mode="json"),
-                              feed_trainer=body.feed_trainer)
-    except ValueError as exc:
-        raise Rejected(409, str(exc), job_id=job_id) from None
-    state = _view(jobs, job_id)
+    created = create_job(context, job_id, problems, body.options.model_dump(mode="json"),
+                         feed_trainer=body.feed_trainer)
+    state = _view(context.queue.jobs, job_id)
     answer = JobCreated(job_id=job_id, status=state.status, total=state.total,
                         created=created)
     return JSONResponse(answer.model_dump(), status_code=202 if created else 200,
@@ -88,7 +116,7 @@ def list_jobs(context: Context, limit: int = Query(100, ge=1, le=1000),
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses=_NOT_FOUND)
-def job_status(job_id: str, context: Context) -> JobView:
+def job_status(job_id: JobId, context: Context) -> JobView:
     """A job's progress: counts, rate and ETA."""
     return _view(context.queue.jobs, job_id)
 
@@ -98,7 +126,7 @@ def job_status(job_id: str, context: Context) -> JobView:
                              "description": "Aligned examples, one JSON object a line, in "
                              "completion order. Headers: X-Job-Status, and X-Last-Entry-Id "
                              "to pass as `after` next time."}, **_NOT_FOUND})
-def job_results(job_id: str, context: Context, after: str | None = Query(
+def job_results(job_id: JobId, context: Context, after: str | None = Query(
         None, pattern=ENTRY_ID_PATTERN, max_length=41,
         description="Only results after this entry id (an X-Last-Entry-Id).")
 ) -> StreamingResponse:
@@ -116,8 +144,9 @@ def job_results(job_id: str, context: Context, after: str | None = Query(
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobView,
                responses={**_NOT_FOUND, 409: {"description": "The job already finished."}})
-def cancel_job(job_id: str, context: Context) -> JobView:
-    """Cancel a queued or running job; workers skip its remaining tasks."""
+def cancel_job(job_id: JobId, context: Context) -> JobView:
+    """Cancel a queued or running job: its queued tasks are removed, workers drop the ones
+    in hand."""
     jobs = context.queue.jobs
     try:
         cancelled = jobs.cancel(job_id)

@@ -7,23 +7,32 @@ import json
 import time
 import uuid
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from mindgap.jobs import RewriteRequest, RewriteResponse
-from mindgap.queue import FINISHED, Jobs, JobState, JobStatus
-from mindgap.rewriter.deps import Context
-from mindgap.rewriter.rejections import Rejected, reject_duplicate_ids
+from mindgap.queue import FINISHED, JobState, JobStatus
+from mindgap.rewriter.deps import Context, RewriterContext, create_job
+from mindgap.rewriter.rejections import Rejected, check_items
 from mindgap.schemas import Problem
 
 router = APIRouter()
 
 
-async def _wait(jobs: Jobs, job_id: str, timeout_s: float, max_pause_s: float) -> JobState:
-    """Poll the job, backing off up to ``max_pause_s``, until it finishes; 409 if it vanishes,
-    504 after ``timeout_s`` (the job goes on)."""
+async def _wait(request: Request, context: RewriterContext, job_id: str,
+                timeout_s: float) -> JobState:
+    """Poll the job, backing off up to ``poll_interval_s``, until it finishes; 409 if it
+    vanishes, 504 after ``timeout_s`` and 503 when the server is stopping (the job goes on
+    in both), 499 when the client has gone (the job is cancelled: nobody will read it)."""
+    jobs, max_pause_s = context.queue.jobs, context.settings.poll_interval_s
     deadline = time.monotonic() + timeout_s
     pause = 0.01
     while True:
+        if await request.is_disconnected():
+            await asyncio.to_thread(jobs.cancel, job_id)
+            raise Rejected(499, f"client gone; job {job_id} cancelled", job_id=job_id)
+        if context.stopping.is_set():
+            raise Rejected(503, f"the server is stopping; job {job_id} goes on: poll "
+                           f"/v1/jobs/{job_id}", job_id=job_id)
         state = await asyncio.to_thread(jobs.status, job_id)
         if state is None:
             raise Rejected(409, f"job {job_id} was deleted while waiting", job_id=job_id)
@@ -51,16 +60,20 @@ def _answer(state: JobState, problems: list[Problem], raw: list[str]) -> str:
 @router.post("/v1/rewrite", response_model=RewriteResponse,
              responses={409: {"description": "The job was cancelled or deleted meanwhile."},
                         422: {"description": "Invalid items."},
+                        429: {"description": "Too many open jobs; see Retry-After."},
+                        503: {"description": "The server is stopping; the job goes on "
+                              "(poll /v1/jobs/{job_id})."},
                         504: {"description": "Not done within timeout_s; the job goes on "
                               "(poll /v1/jobs/{job_id})."}})
-async def rewrite(body: RewriteRequest, context: Context) -> Response:
-    """Rewrite up to 64 problems and wait for them (needs running workers)."""
-    reject_duplicate_ids(body.items)
+async def rewrite(body: RewriteRequest, context: Context, request: Request) -> Response:
+    """Rewrite up to 64 problems and wait for them (needs running workers); a client that
+    leaves cancels its job."""
+    check_items(body.items)
     jobs = context.queue.jobs
     job_id = f"sync-{uuid.uuid4().hex}"
-    await asyncio.to_thread(jobs.create, job_id, body.items,
+    await asyncio.to_thread(create_job, context, job_id, body.items,
                             body.options.model_dump(mode="json"), feed_trainer=False)
-    state = await _wait(jobs, job_id, body.timeout_s, context.settings.poll_interval_s)
+    state = await _wait(request, context, job_id, body.timeout_s)
     if state.status == JobStatus.CANCELLED:
         raise Rejected(409, f"job {job_id} was cancelled", job_id=job_id)
     raw = await asyncio.to_thread(lambda: [r for _, r in jobs.results(job_id)])

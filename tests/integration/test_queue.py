@@ -25,7 +25,8 @@ from mindgap.queue import (
     entry_order,
     hysteresis,
 )
-from mindgap.queue.jobs import fingerprint
+from mindgap.queue.jobs import fingerprint, request_digest
+from mindgap.queue.store import REDIS_DOWN
 from mindgap.queue_cli import queue_app
 from mindgap.schemas import AlignedExample, AttemptCounts, Problem, Timings
 from tests.conftest import drop_keys, free_port
@@ -120,7 +121,7 @@ def run_workers(queue: Queue, names: list[str], job: str, deadline_s: float = 20
                         handle(queue, task)
                     else:
                         queue.tasks.complete(task, example(task.problem, source_of(task.problem)))
-            except redis.ConnectionError:
+            except REDIS_DOWN:
                 if not tolerate_errors:
                     raise
                 time.sleep(0.1)
@@ -171,10 +172,12 @@ def test_create_job_validates_and_resumes(make_queue: Callable[..., Queue]) -> N
     # A crash after the job hash and part of the tasks: the next call enqueues the rest only.
     big = problems(1200, "b")
     scripts, keys = queue.store.scripts, queue.keys
-    scripts.init_job(keys=[keys.job("b"), keys.jobs],
-                     args=["b", len(big), "{}", "1", fingerprint(sorted(p.id for p in big))])
-    scripts.enqueue(keys=[keys.job("b"), keys.enqueued("b"), keys.tasks],
-                   args=["b", "{}", *[x for p in big[:700] for x in (p.id, p.model_dump_json())]])
+    rows = [(p.id, p.model_dump_json()) for p in big]
+    scripts.init_job(keys=[*keys.job_keys("b"), keys.jobs],
+                     args=["b", len(big), "{}", "1", fingerprint(sorted(p.id for p in big)),
+                           request_digest(rows, "{}", True), "", ""])
+    scripts.enqueue(keys=[keys.job("b"), keys.enqueued("b"), keys.tasks, keys.job_tasks("b")],
+                    args=["b", "{}", *[x for row in rows[:700] for x in row]])
     assert queue.jobs.create("b", big) is False
     assert queue.stats().tasks.length == 3 + 1200
     assert not queue.redis.exists(keys.enqueued("b"))

@@ -58,13 +58,20 @@ def queue(prefix: str) -> Iterator[Queue]:
 
 
 @pytest.fixture(scope="module")
-def service(queue: Queue, prefix: str) -> Iterator[Service]:
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service's data root: server-side data sets must lie under it."""
+    return tmp_path_factory.mktemp("data-root")
+
+
+@pytest.fixture(scope="module")
+def service(queue: Queue, prefix: str, data_root: Path) -> Iterator[Service]:
     """The rewriter app under uvicorn, on the test prefix, with API key ``test-key``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MINDGAP_VERIFIER_URL"}
     env.update({"MINDGAP_API_KEY": "test-key", "MINDGAP_QUEUE_PREFIX": prefix,
                 "MINDGAP_QUEUE_REDIS_URL": URL,
-                "MINDGAP_REWRITER_MAX_BODY_BYTES": str(1024 * 1024)})
+                "MINDGAP_REWRITER_MAX_BODY_BYTES": str(1024 * 1024),
+                "MINDGAP_REWRITER_DATA_ROOT": str(data_root)})
     code = ("import uvicorn; from mindgap.rewriter.app import create_app; "
             f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')")
     svc = Service.start(["-c", code], env, port)
@@ -139,10 +146,10 @@ def test_invalid_inline_rows_are_named(service: Service) -> None:
 
 
 def test_dataset_rows_are_read_and_checked(service: Service, queue: Queue,
-                                           tmp_path: Path) -> None:
-    good = tmp_path / "good.jsonl"
+                                           data_root: Path) -> None:
+    good = data_root / "good.jsonl"
     good.write_text("".join(json.dumps(problem(i)) + "\n" for i in range(3)))
-    bad = tmp_path / "bad.jsonl"
+    bad = data_root / "bad.jsonl"
     rows = [problem(0), {k: v for k, v in problem(1).items() if k != "question"}, problem(2),
             {**problem(3), "solution": 7}]
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -154,9 +161,9 @@ def test_dataset_rows_are_read_and_checked(service: Service, queue: Queue,
     assert "field 'question': missing" in body["errors"][0]["message"]
     assert body["error_count"] == 2 and f"{bad}:2:" in body["detail"]
 
-    missing = post_job(service, {"dataset": {"path": str(tmp_path / "none.jsonl")}})
+    missing = post_job(service, {"dataset": {"path": str(data_root / "none.jsonl")}})
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "dataset.path"
-    folder = post_job(service, {"dataset": {"path": str(tmp_path)}})
+    folder = post_job(service, {"dataset": {"path": str(data_root)}})
     assert folder.status_code == 422 and "save_to_disk" in folder.json()["detail"]
     preset = post_job(service, {"dataset": {"path": str(good), "preset": "nope"}})
     assert preset.status_code == 422 and "dataset.preset" in preset.json()["detail"]
@@ -177,7 +184,7 @@ def test_job_lifecycle_and_results(service: Service, queue: Queue) -> None:
     assert created.status_code == 202, created.text
     assert created.json() == {"job_id": job_id, "status": "queued", "total": 3, "created": True}
     assert created.headers["location"] == f"/v1/jobs/{job_id}"
-    again = post_job(service, {"job_id": job_id, "items": items})
+    again = post_job(service, {"job_id": job_id, "items": items, "options": {"k_self": 2}})
     assert again.status_code == 200 and again.json()["created"] is False
     clash = post_job(service, {"job_id": job_id, "items": [problem(9)]})
     assert clash.status_code == 409 and "other problems" in clash.json()["detail"]

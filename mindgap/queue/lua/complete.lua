@@ -1,9 +1,9 @@
--- KEYS: job, done, failed, tasks, aligned, results.
+-- KEYS: the job's keys (Keys.job_keys), tasks, aligned.
 -- ARGV: group, task entry id, job id, problem id, source, example json, example id.
 -- Returns 1 written, 0 duplicate, -1 unknown job, -2 cancelled job.
 local function ack()
-  local n = redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[4], ARGV[2])
+  local n = redis.call('XACK', KEYS[8], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[8], ARGV[2])
   return n
 end
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -14,12 +14,12 @@ if status == 'cancelled' then
 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 1 then ack() return 0 end
 if redis.call('SADD', KEYS[2], ARGV[4]) == 0 then ack() return 0 end
-redis.call('XADD', KEYS[6], '*', 'example', ARGV[6])
+redis.call('XADD', KEYS[4], '*', 'example', ARGV[6])
 if redis.call('HGET', KEYS[1], 'feed_trainer') == '1' then
-  redis.call('XADD', KEYS[5], '*', 'job', ARGV[3], 'example_id', ARGV[7], 'example', ARGV[6])
+  redis.call('XADD', KEYS[9], '*', 'job', ARGV[3], 'example_id', ARGV[7], 'example', ARGV[6])
 end
 redis.call('HINCRBY', KEYS[1], ARGV[5], 1)
 redis.call('HINCRBY', KEYS[1], 'done', 1)
-settle(KEYS[1], status, now())
+settle(status, now())
 ack()
 return 1
