@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from mindgap.config import RewriterSettings, ServiceSettings
 from mindgap.queue import Queue
 from mindgap.rewriter.app import create_app
-from tests.conftest import REDIS_URL
 
 SECRET = "TOP-SECRET-7f3a"
 """Written into files the client must never read back."""
@@ -51,13 +49,8 @@ def outside(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(prefix: str) -> Iterator[Client]:
+def client(queue: Queue) -> Iterator[Client]:
     """Build a TestClient of the rewriter app with these settings, on the test's prefix."""
-    try:
-        queue = Queue.from_url(REDIS_URL, prefix, retries=1)
-        queue.redis.ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
     opened: list[TestClient] = []
 
     def make(**settings: Any) -> TestClient:
@@ -68,7 +61,6 @@ def client(prefix: str) -> Iterator[Client]:
     yield make
     for test_client in opened:
         test_client.close()
-    queue.close()
 
 
 def post(client: TestClient, path: str, **spec: Any) -> Any:

@@ -7,25 +7,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from mindgap.config import RewriterSettings, ServiceSettings
 from mindgap.queue import Queue
 from mindgap.rewriter.app import create_app
-from tests.conftest import REDIS_URL
 
 
 @pytest.fixture
-def client(prefix: str) -> Iterator[TestClient]:
-    try:
-        queue = Queue.from_url(REDIS_URL, prefix, retries=1)
-        queue.redis.ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
+def client(queue: Queue) -> Iterator[TestClient]:
     with TestClient(create_app(queue, RewriterSettings(), ServiceSettings(api_key=None))) as app:
         yield app
-    queue.close()
 
 
 def item(i: int, **changes: Any) -> dict[str, Any]:
