@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from fastapi import Depends, FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -19,10 +19,49 @@ from mindgap.schemas import (
     VerifyResult,
 )
 from mindgap.verifier.metrics import VerifierMetrics
-from mindgap.verifier.pool import LocalVerifier
+from mindgap.verifier.pool import LocalVerifier, QueueFull
 
 READY_PROBE_TIMEOUT_S = 10.0
 """Longest wait of /readyz for its probe verification (busy workers answer late)."""
+TOO_MANY: dict[int | str, dict[str, object]] = {
+    429: {"description": "This client has too many items queued; retry after `Retry-After` "
+                         "seconds."}}
+CLIENT_CLOSED = 499
+"""The status logged for a request whose client left before its answer (nginx's code)."""
+
+
+def client_key(request: Request, api_key: str | None) -> str:
+    """Whose queue a request counts against: the API key when one is set, else the address."""
+    if api_key:
+        return "api-key"
+    return f"address:{request.client.host}" if request.client else "address:unknown"
+
+
+async def answer(request: Request, verifier: LocalVerifier, items: list[VerifyRequest],
+                 client: str) -> list[VerifyResult] | Response:
+    """Results of ``items``, or a 429 when the client's queue is full; the work is cancelled
+    (queued items dropped, running ones interrupted) when the client disconnects."""
+    try:
+        ticket = verifier.submit_many(items, client=client, deadline_from_now=True)
+    except QueueFull as exc:
+        return JSONResponse({"detail": f"too many items queued: {exc}"}, status_code=429,
+                            headers={"Retry-After": str(exc.retry_after_s)})
+    waiter = asyncio.wrap_future(ticket.future)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        gone = not waiter.done()  # the client left, or the request's own task was cancelled
+        if gone:
+            ticket.cancel()
+    return Response(status_code=CLIENT_CLOSED) if gone else waiter.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client disconnects (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(pool: LocalVerifier | None = None,
@@ -32,7 +71,8 @@ def create_app(pool: LocalVerifier | None = None,
     settings = settings or VerifierSettings()
     service = service or ServiceSettings()
     verifier = pool or LocalVerifier(workers=settings.workers, timeout_s=settings.timeout_s,
-                                     memory_mb=settings.memory_mb)
+                                     memory_mb=settings.memory_mb,
+                                     max_queued_per_client=settings.max_queued_per_client)
     metrics = VerifierMetrics(verifier)
     lifespan = closing_lifespan(verifier.close if pool is None else None)
     app = FastAPI(title="mindgap verifier", version=__version__, lifespan=lifespan,
@@ -42,17 +82,23 @@ def create_app(pool: LocalVerifier | None = None,
 
     observe_requests(app, metrics.requests, metrics.latency)
 
-    @app.post("/v1/verify", dependencies=auth, response_model=VerifyResult)
-    async def verify_one(body: VerifyRequest) -> VerifyResult:
+    @app.post("/v1/verify", dependencies=auth, response_model=VerifyResult, responses=TOO_MANY)
+    async def verify_one(body: VerifyRequest, request: Request) -> VerifyResult | Response:
         """Verify one response against a reference."""
-        result = await verifier.averify(body.response, body.reference)
-        metrics.verdicts.labels(result.reason.value).inc()
-        return result
+        results = await answer(request, verifier, [body], client_key(request, service.api_key))
+        if isinstance(results, Response):
+            return results
+        metrics.verdicts.labels(results[0].reason.value).inc()
+        return results[0]
 
-    @app.post("/v1/verify/batch", dependencies=auth, response_model=VerifyBatchResponse)
-    async def verify_batch(body: VerifyBatchRequest) -> Response:
+    @app.post("/v1/verify/batch", dependencies=auth, response_model=VerifyBatchResponse,
+              responses=TOO_MANY)
+    async def verify_batch(body: VerifyBatchRequest, request: Request) -> Response:
         """Verify up to 1024 items in parallel; results in request order."""
-        results = await asyncio.to_thread(verifier.verify_batch, body.items)
+        results = await answer(request, verifier, body.items,
+                               client_key(request, service.api_key))
+        if isinstance(results, Response):
+            return results
         for reason, count in Counter(r.reason.value for r in results).items():
             metrics.verdicts.labels(reason).inc(count)
         # Already validated models: serialise once, without a second validation pass.
@@ -74,7 +120,7 @@ def create_app(pool: LocalVerifier | None = None,
             return JSONResponse({"status": "not ready", "detail": "no sandbox worker answered "
                                  f"within {READY_PROBE_TIMEOUT_S:.0f} s"}, status_code=503)
         if probe.correct:
-            return JSONResponse({"status": "ready", "workers": verifier.workers})
+            return JSONResponse({"status": "ready", "workers": verifier.live_workers()})
         return JSONResponse({"status": "not ready", "detail": probe.detail}, status_code=503)
 
     @app.get("/metrics")

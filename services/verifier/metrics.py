@@ -22,10 +22,14 @@ class _PoolCollector(Collector):
         stats = self.pool.stats
         yield CounterMetricFamily("mindgap_verifier_worker_restarts",
                                   "Sandbox workers killed and replaced", value=stats.restarts)
-        yield CounterMetricFamily("mindgap_verifier_timeouts",
-                                  "Items that ran out of time", value=stats.timeouts)
-        yield GaugeMetricFamily("mindgap_verifier_workers", "Sandbox workers in the pool",
-                                value=self.pool.workers)
+        yield CounterMetricFamily("mindgap_verifier_timeouts", "Items answered timeout "
+                                  "(first runs and retries alike)", value=stats.timeouts)
+        yield CounterMetricFamily("mindgap_verifier_retries", "Items run again after their "
+                                  "worker died", value=stats.retries)
+        yield CounterMetricFamily("mindgap_verifier_cancelled", "Items dropped or stopped "
+                                  "because their client went away", value=stats.cancelled)
+        yield GaugeMetricFamily("mindgap_verifier_workers", "Sandbox worker processes running "
+                                "now (spares included)", value=self.pool.live_workers())
 
 
 class VerifierMetrics(RequestMetrics):

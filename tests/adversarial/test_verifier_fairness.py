@@ -144,7 +144,7 @@ def test_an_answer_never_takes_more_than_timeout_plus_one_second() -> None:
         start = time.monotonic()
         slow = pool.submit(POWER_TOWER)
         time.sleep(0.6)
-        for pid in pool.busy_pids() if hasattr(pool, "busy_pids") else pool.worker_pids():
+        for pid in pool.busy_pids():
             os.kill(pid, signal.SIGXCPU)
         result = slow.result(timeout=30)
         assert result.reason is VerifyReason.timeout
@@ -177,7 +177,7 @@ def test_metrics_count_retried_timeouts_live_workers_and_kills_are_logged(
         pool.verify_batch([NORMAL])
         slow = pool.submit(SLOW_ALGEBRA)
         time.sleep(0.5)
-        killed = pool.busy_pids() if hasattr(pool, "busy_pids") else pool.worker_pids()
+        killed = pool.busy_pids()
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
         # Retried once on a fresh worker, which answers ``timeout`` itself: still counted.
