@@ -10,19 +10,21 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
 
 from mindgap.queue import Queue
+from mindgap.schemas import RewriteOptions
 from mindgap.trainer.redis_source import RedisStream
 from mindgap.trainer.testing import synthetic_examples
-from tests.conftest import Service, free_port, wait_ready
+from tests.conftest import ROOT, Service, free_port, wait_ready
 from tests.worker_process import (
     RedisServer,
     done,
@@ -65,9 +67,24 @@ def probe_api(url: str, seconds: float) -> list[tuple[int, float, str]]:
     return answers
 
 
-def outage_during_job(prefix: str, folder: Path, outage_s: float) -> dict[str, Any]:
-    """A 200-problem job, two worker processes and the API; Redis killed for ``outage_s``
-    once 20 problems are done. Returns what was measured."""
+def cli_workers(url: str, prefix: str, log: IO[bytes]) -> list[subprocess.Popen[bytes]]:
+    """Two real ``mindgap worker`` processes (w0, w1) with the packaged model on CPU."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("MINDGAP_VERIFIER_URL", None)
+    return [subprocess.Popen([sys.executable, "-m", "mindgap.cli", "worker", "--redis-url", url,
+                              "--prefix", prefix, "--consumer", f"w{i}", "--batch-size", "8",
+                              "--visibility-timeout-s", "120"], env=env, stderr=log, cwd=ROOT)
+            for i in range(2)]
+
+
+TINY = RewriteOptions(k_self=1, k_guided=1, max_tokens=8).model_dump()
+"""Job options that keep the real model's work small."""
+
+
+def outage_during_job(prefix: str, folder: Path, outage_s: float,
+                      cli: bool = False) -> dict[str, Any]:
+    """A 200-problem job, two worker processes (scripted, or ``mindgap worker`` with the real
+    model) and the API; Redis killed for ``outage_s`` once 20 problems are done."""
     server = RedisServer(free_port(), folder, password=PASSWORD)
     server.start()
     log_path = folder / "workers.log"
@@ -75,11 +92,12 @@ def outage_during_job(prefix: str, folder: Path, outage_s: float) -> dict[str, A
     api: Service | None = None
     try:
         queue = Queue.from_url(server.url, prefix)
-        queue.jobs.create("job1", problems(200))
+        queue.jobs.create("job1", problems(200), TINY if cli else None)
         api = rewriter_api(server, prefix)
         with log_path.open("wb") as log:
-            workers = start_workers(server.url, prefix, 2, delay_s=0.2, stderr=log)
-        deadline = time.monotonic() + 90
+            workers = (cli_workers(server.url, prefix, log) if cli else
+                       start_workers(server.url, prefix, 2, delay_s=0.2, stderr=log))
+        deadline = time.monotonic() + (600 if cli else 90)
         while done(queue, "job1") < 20:
             assert time.monotonic() < deadline, "workers made no progress"
             time.sleep(0.05)
@@ -88,7 +106,7 @@ def outage_during_job(prefix: str, folder: Path, outage_s: float) -> dict[str, A
         answers = probe_api(api.url, outage_s)
         server.start()
         outage = time.monotonic() - started
-        status = wait_finished(queue, "job1", 180)
+        status = wait_finished(queue, "job1", 1200 if cli else 180)
         alive = [worker.poll() is None for worker in workers]
         return {"status": status, "results": result_ids(queue, "job1"),
                 "trained": drain_trainer(queue), "alive": alive, "answers": answers,
@@ -134,6 +152,13 @@ def test_workers_and_api_ride_out_a_20s_outage(prefix: str, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_workers_and_api_ride_out_a_60s_outage(prefix: str, tmp_path: Path) -> None:
     check_outage(outage_during_job(prefix, tmp_path, 60.0))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_mindgap_worker_processes_ride_out_a_60s_outage(prefix: str, tmp_path: Path) -> None:
+    """The acceptance case: two real ``mindgap worker`` processes (packaged model, CPU)."""
+    check_outage(outage_during_job(prefix, tmp_path, 60.0, cli=True))
 
 
 def test_trainer_stream_rides_out_an_outage(prefix: str, tmp_path: Path) -> None:
