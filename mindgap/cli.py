@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from mindgap.rewriter.aligner import Verifier
     from mindgap.rewriter.engines import Engine
+    from mindgap.rewriter.rewrite import RewriteSummary
 
 app = typer.Typer(
     name="mindgap",
@@ -105,6 +106,15 @@ def _verify_batch(path: Path, pool: VerifierSettings) -> None:
                ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())), err=True)
 
 
+def _log_to_stderr() -> None:
+    """Log INFO and above to stderr with times, every record redacted (long-running commands)."""
+    import logging
+
+    redact.install()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _verifier(settings: VerifierSettings) -> Verifier:
     """The verifier service at ``settings.url``, else a local sandbox pool."""
     if settings.url:
@@ -155,13 +165,25 @@ def serve_rewriter(host: Host = "127.0.0.1", port: Port = 8000,
 
 
 def _engine(options: EngineOptions, seed: int) -> Engine:
+    """Load the engine (torch's threads set first); a model that cannot load ends the command."""
     from mindgap.rewriter.engines import make_engine
 
-    if options.engine == "openai":
-        return make_engine("openai", options.model, base_url=options.openai_url)
-    if options.engine == "vllm":
-        return make_engine("vllm", options.model, seed=seed)
-    return make_engine(options.engine, options.model)
+    model = options.model
+    if model and model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+        fail(f"--model {model}: no such folder")
+    if options.engine != "openai":
+        import torch
+
+        torch.set_num_threads(options.torch_threads())
+    try:
+        if options.engine == "openai":
+            return make_engine("openai", model, base_url=options.openai_url)
+        if options.engine == "vllm":
+            return make_engine("vllm", model, seed=seed)
+        return make_engine(options.engine, model)
+    except (OSError, ValueError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        fail(f"--model {model or '(default)'}: {reason}")
 
 
 @app.command()
@@ -173,6 +195,9 @@ def rewrite(
     out: Annotated[Path, typer.Option(help="Aligned examples are appended here (JSONL).")],
     batch_size: Annotated[int, typer.Option(help="Problems aligned together.", min=1)] = 32,
     resume: Annotated[bool, typer.Option(help="Skip problems already in --out.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="With --resume: continue even with other settings than --out was written "
+             "with.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     plain_template: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="File with the plain prompt ({question}).")] = None,
@@ -180,40 +205,92 @@ def rewrite(
         exists=True, dir_okay=False,
         help="File with the guided prompt ({question}, {reference}).")] = None,
 ) -> None:
-    """Keep the model's own solution, else a guided one, else the expert's (embedded mode)."""
+    """Keep the model's own solution, else a guided one, else the expert's (embedded mode).
+
+    Each example is written once decided; Ctrl-C or SIGTERM stops cleanly (then --resume).
+    The last line on stdout is the summary as JSON.
+    """
     from mindgap.rewriter.aligner import Aligner
+    from mindgap.rewriter.model_store import DEFAULT_MODEL
     from mindgap.rewriter.prompts import PromptTemplates, TemplateError
-    from mindgap.rewriter.rewrite import OutputExistsError
     from mindgap.rewriter.rewrite import rewrite as run_rewrite
 
-    problems = _read_problems(source)
+    config = {"data": source.data, "engine": engine.engine,
+              "model": engine.model or DEFAULT_MODEL, "threads": engine.torch_threads(),
+              **options.model_dump()}
+    problems = _rewrite_checks(source, out, config, resume=resume, overwrite=overwrite,
+                               force=force)
     try:
         templates = PromptTemplates.from_files(plain_template, guided_template)
     except TemplateError as exc:
         fail(str(exc))
     checker = _verifier(verifier)
-    generator = _engine(engine, options.seed)
+    try:
+        generator = _engine(engine, options.seed)
+    except typer.Exit:
+        checker.close()
+        raise
     try:
         summary = run_rewrite(
             problems, Aligner(generator, checker, options, templates), out,
-            batch_size=batch_size, resume=resume, overwrite=overwrite,
-            config={"data": source.data, "engine": engine.engine,
-                    "model": generator.model_name, **options.model_dump()})
-    except OutputExistsError as exc:
-        fail(str(exc))
+            batch_size=batch_size, resume=resume, overwrite=overwrite, force=force,
+            config={**config, "model_name": generator.model_name})
     finally:
         generator.close()
         checker.close()
-    typer.echo(f"wrote {out}: {summary.sources_in_output} "
-               f"({summary.generated_tokens_per_s:.0f} generated tokens/s); "
-               f"summary in {out}.summary.json", err=True)
+    _report(summary)
+
+
+def _rewrite_checks(source: DataOptions, out: Path, config: dict, *, resume: bool,
+                    overwrite: bool, force: bool) -> list:  # list[Problem]
+    """What can fail before the model loads: the output, the resume settings, the data."""
+    from mindgap.rewriter.rewrite import (
+        OutputExistsError,
+        ResumeMismatchError,
+        check_output,
+        check_references,
+        check_resume,
+    )
+
+    try:
+        check_output(out, resume, overwrite)
+        if resume:
+            check_resume(out, config, force)
+    except (OutputExistsError, ResumeMismatchError) as exc:
+        fail(str(exc))
+    problems = _read_problems(source)
+    try:
+        check_references(problems)
+    except ValueError as exc:
+        fail(str(exc))
+    return problems
+
+
+def _report(summary: RewriteSummary) -> None:
+    """The human line on stderr, the summary as JSON on stdout; an interrupted run exits 128+N."""
+    import dataclasses
+    import signal
+
+    data = dataclasses.asdict(summary)
+    out = data["output"]
+    if data["interrupted"]:
+        typer.echo(f"interrupted by {data['interrupted']}: {data['problems_this_run']} "
+                   f"examples written this run, {data['problems_in_output']} in {out}; "
+                   "run the same command with --resume to finish", err=True)
+    else:
+        typer.echo(f"wrote {out}: {data['sources_in_output']} "
+                   f"({data['generated_tokens_per_s']:.0f} generated tokens/s); "
+                   f"summary in {out}.summary.json", err=True)
+    typer.echo(json.dumps(data))
+    if data["interrupted"]:
+        raise typer.Exit(128 + signal.Signals[data["interrupted"]].value)
 
 
 def _read_problems(source: DataOptions) -> list:  # list[Problem]
     from mindgap.datasets import DatasetError, read_problems
 
     try:
-        return read_problems(source.data, preset=source.preset, split=source.split,
+        return read_problems(source.data, fields=source.field_map(), split=source.split,
                              limit=source.limit, skip_invalid=source.skip_invalid)
     except DatasetError as exc:
         fail(str(exc))
@@ -248,7 +325,7 @@ def worker(engine: EngineOptions, worker: WorkerOptions, queue: QueueSettings,
     from mindgap.queue import Backpressure, Queue
     from mindgap.rewriter.worker import Worker
 
-    redact.install()
+    _log_to_stderr()
     jobs = Queue.from_url(queue.redis_url, queue.prefix, socket_timeout=queue.socket_timeout_s,
                           visibility_timeout_ms=int(worker.visibility_timeout_s * 1000))
     generator = _engine(engine, worker.engine_seed)
@@ -371,7 +448,7 @@ def train(config: TrainConfig) -> None:
     from mindgap.rewriter.model_store import resolve_model
     from mindgap.trainer.loop import train as run_training
 
-    redact.install()
+    _log_to_stderr()
     if not config.model:
         config = config.model_copy(update={"model": resolve_model(None)})
     summary = run_training(config)

@@ -9,7 +9,9 @@ The format follows the name: ``.jsonl``/``.json`` (JSON lines), ``.parquet``; an
 is opened with Hugging Face ``datasets`` (``load_from_disk`` for a folder written by
 ``save_to_disk``, else ``load_dataset``, which takes a hub name or a folder of data files).
 
-The reference answer is the mapped answer field, else derived from the solution (the last
+The question and the solution may be composed from several fields with a template
+(``"{body} {question}"``). The reference answer is the mapped answer field (a list is joined, a
+preset may clean it: ASDiv's ``9 (apples)`` is ``9``), else derived from the solution (the last
 ``\\boxed{}``, else the GSM8K ``#### n`` line), as DESIGN.md prescribes. A row without one is
 invalid. Every bad row raises :class:`DatasetError` naming the source, the 1-based line (row)
 number and the field, e.g. ``data.jsonl:17: field 'question': missing`` (never a field's
@@ -30,6 +32,7 @@ import importlib
 import logging
 import os
 import re
+import string
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ from mindgap.schemas import Problem
 
 __all__ = [
     "PRESETS",
+    "PRESET_FILES",
     "DatasetError",
     "DatasetFormat",
     "FieldMap",
@@ -54,11 +58,13 @@ __all__ = [
     "append_jsonl",
     "dataset_format",
     "derive_answer",
+    "field_overrides",
     "iter_problems",
     "problem_errors",
     "read_jsonl_ids",
     "read_problems",
     "reference_answer",
+    "with_fields",
     "write_jsonl",
 ]
 
@@ -70,6 +76,17 @@ PARQUET_SUFFIXES = (".parquet",)
 _CALCULATOR = re.compile(r"<<[^<>\n]*>>")
 _HF_DISK_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 _SKIP_CHUNK = 64 * 1024
+_UNIT = re.compile(r"(?P<value>.*?\S)\s*\([^()]*\)\s*", re.DOTALL)
+"""An answer with a trailing parenthesised unit or label: ``9 (apples)``."""
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$")
+_FORMATTER = string.Formatter()
+PROBLEM_FIELDS = ("id", "question", "solution", "answer", "metadata")
+"""The :class:`FieldMap` fields that name source fields (what ``--field NAME=COLUMN`` sets)."""
+_TEMPLATE_FIELDS = ("question", "solution")
+
+AnswerCleanup = Literal["unit", "math"]
+"""How a preset reads its answer field: ``unit`` drops a trailing parenthesised unit or label
+(``9 (apples)`` is ``9``); ``math`` drops the ``$`` math delimiters (``$2^{1009}$``)."""
 
 DatasetFormat = Literal["jsonl", "parquet", "hf-disk", "hf"]
 """How a source is read: JSON lines, Parquet, a ``save_to_disk`` folder, ``load_dataset``."""
@@ -88,6 +105,35 @@ class TooManyRows(DatasetError):
     """The source has more rows than ``max_rows``; reading stopped at the first one beyond."""
 
 
+def template_parts(spec: str) -> list[tuple[str, str | None]] | None:
+    """A template's ``(literal text, column or None)`` parts; None when ``spec`` is a plain
+    column name (no braces). ``{{`` and ``}}`` are literal braces; a placeholder is a bare
+    column name (no format spec, no conversion). Raises ValueError for a bad template."""
+    if "{" not in spec and "}" not in spec:
+        return None
+    try:
+        parsed = list(_FORMATTER.parse(spec))
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc}") from None
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec_part, conversion in parsed:
+        if name is not None and (not name or spec_part or conversion):
+            raise ValueError("a template's placeholder is a column name in braces, "
+                             "e.g. {question}")
+        parts.append((literal, name))
+    if all(name is None for _, name in parts):
+        raise ValueError("a template needs a {column} placeholder ({{ and }} are braces)")
+    return parts
+
+
+def _columns(spec: str | None) -> set[str]:
+    """The source columns a field map entry reads (a template's placeholders, else itself)."""
+    if spec is None:
+        return set()
+    parts = template_parts(spec)
+    return {spec} if parts is None else {name for _, name in parts if name is not None}
+
+
 class FieldMap(BaseModel):
     """Which source field gives each :class:`~mindgap.schemas.Problem` field."""
 
@@ -100,12 +146,18 @@ class FieldMap(BaseModel):
     ``index`` the 0-based position of the row among all rows of the source, bad ones
     included, so ids do not shift when rows are skipped or the source is read with a limit."""
     question: str = "question"
-    """Field with the problem statement (a non-empty string)."""
+    """Field with the problem statement (a non-empty string), or a template composing several
+    (``"{body} {question}"``: each ``{column}`` is that field, a string, number or list)."""
     solution: str = "solution"
-    """Field with the expert solution y* (a non-empty string)."""
+    """Field with the expert solution y* (a non-empty string; a list of strings is joined by
+    blank lines), or a template like :attr:`question`."""
     answer: str | None = None
-    """Field with the reference answer (string or number). None, or a row where it is absent
-    or empty: derived from the solution (last ``\\boxed{}``, else the ``#### n`` line)."""
+    """Field with the reference answer (string, number or a list of them, joined by ``", "``;
+    an integral float is written as an integer). None, or a row where it is absent or empty:
+    derived from the solution (last ``\\boxed{}``, else the ``#### n`` line). Templates that
+    name this field get the answer as read (cleaned by :attr:`answer_cleanup`)."""
+    answer_cleanup: AnswerCleanup | None = None
+    """How the data set writes its answers beyond the bare value (see :data:`AnswerCleanup`)."""
     metadata: str | None = None
     """Field holding a JSON object to use as the problem's metadata."""
     keep_extra: bool = True
@@ -113,6 +165,19 @@ class FieldMap(BaseModel):
     bool); lists and objects (e.g. NuminaMath's ``messages``) are left out."""
     strip_calculator: bool = False
     """Remove GSM8K calculator annotations ``<<48/2=24>>`` from the solution."""
+
+    @field_validator("question", "solution")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        template_parts(value)
+        return value
+
+    @field_validator("id", "answer", "metadata")
+    @classmethod
+    def _plain_column(cls, value: str | None) -> str | None:
+        if value is not None and ("{" in value or "}" in value):
+            raise ValueError("only question and solution may be templates")
+        return value
 
 
 PRESETS: dict[str, FieldMap] = {
@@ -126,8 +191,42 @@ PRESETS: dict[str, FieldMap] = {
     "math": FieldMap(question="problem", solution="solution", answer="answer"),
     # NuminaMath-CoT: the answer is the solution's last \boxed{}.
     "numina": FieldMap(question="problem", solution="solution", answer=None),
+    # Minerva: the answer is the solution's last \boxed{}.
+    "minerva": FieldMap(question="problem", solution="solution", answer=None),
+    # AIME: worked solutions (AoPS) do not always mark their answer (2 of the 30 of 2024:
+    # one unmarked, one \boxed{\textbf{(073)}}), so the answer is stated after the solution.
+    "aime": FieldMap(question="problem", answer="answer",
+                     solution="{solution}\n\nThe answer is $\\boxed{{{answer}}}$."),
+    # AMC: answers only (JSON numbers, 27.0); the solution states the answer.
+    "amc": FieldMap(question="question", solution="The answer is $\\boxed{{{answer}}}$.",
+                 answer="answer"),
+    # OlympiadBench: solutions and final answers are lists; the answers are in $...$ and the
+    # solutions do not mark them, so the final answer is stated after the solutions.
+    "olympiadbench": FieldMap(
+        question="question", answer="final_answer", answer_cleanup="math",
+        solution="{solution}\n\nThe final answer is $\\boxed{{{final_answer}}}$."),
+    # SVAMP: the question is split into body and question; the solution is the equation.
+    "svamp": FieldMap(question="{Body} {Question}", answer="Answer",
+                      solution="{Equation} = {Answer}\n#### {Answer}"),
+    # ASDiv: body and question; the solution is the formula; answers carry units, "9 (apples)".
+    "asdiv": FieldMap(question="{body} {question}", solution="{formula}\n#### {answer}",
+                      answer="answer", answer_cleanup="unit"),
+    # MultiArith: answers only.
+    "multiarith": FieldMap(question="input", solution="#### {target}", answer="target"),
 }
-"""Field maps for known data sets; ``mindgap`` is the default."""
+"""Field maps for known data sets; ``mindgap`` is the default. Where a data set has no worked
+solution (amc, multiarith) or one that does not always state its answer (aime, olympiadbench,
+svamp, asdiv), the preset's solution states the data set's answer after whatever working
+there is."""
+
+PRESET_FILES: dict[str, str] = {
+    "aime24.jsonl": "aime", "amc23.jsonl": "amc", "asdiv.jsonl": "asdiv",
+    "gsm8k_test.jsonl": "gsm8k", "math500.jsonl": "math", "minerva_math.jsonl": "minerva",
+    "multiarith.jsonl": "multiarith", "olympiadbench.jsonl": "olympiadbench",
+    "svamp.jsonl": "svamp",
+}
+"""The preset of each benchmark file in ``../shared/data/benchmarks`` (the Qwen2.5-Math
+evaluation harness's files)."""
 
 DEFAULT_PRESET = "mindgap"
 
@@ -180,6 +279,41 @@ def resolve_fields(preset: str | None = None, fields: FieldMap | None = None) ->
         ) from None
 
 
+def field_overrides(pairs: Iterable[str]) -> dict[str, str]:
+    """``NAME=COLUMN`` pairs (``question=body``, ``question={body} {question}``) as a dict;
+    NAME is one of :data:`PROBLEM_FIELDS`. Raises ValueError naming the bad pair."""
+    overrides: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, column = pair.partition("=")
+        name, column = name.strip(), column.strip()
+        if not sep or not name or not column:
+            raise ValueError(f"{pair!r}: expected NAME=COLUMN, e.g. question=body")
+        if name not in PROBLEM_FIELDS:
+            raise ValueError(f"{pair!r}: unknown field {name!r}; fields: "
+                             f"{', '.join(PROBLEM_FIELDS)}")
+        if name in overrides:
+            raise ValueError(f"{pair!r}: field {name!r} given twice")
+        overrides[name] = column
+    return overrides
+
+
+def with_fields(preset: str | None, pairs: Iterable[str]) -> FieldMap:
+    """The preset's field map (default ``mindgap``) with ``NAME=COLUMN`` pairs replacing its
+    fields (see :func:`field_overrides`); DatasetError for a bad pair or template."""
+    try:
+        overrides = field_overrides(pairs)
+        base = resolve_fields(preset)
+        return FieldMap.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        pair = f"{name}={overrides[name]}" if name in overrides else name
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise DatasetError(f"{pair!r}: {message}") from None
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
+
+
 class _RowError(Exception):
     """A bad row; the message lacks the location, which the caller adds."""
 
@@ -206,7 +340,8 @@ def _text(row: dict[str, Any], source_field: str, target: str) -> str:
 
 
 def _scalar_text(value: Any, source_field: str, target: str) -> str | None:
-    """A string or number as text; None when absent or blank."""
+    """A string or number as text (an integral float as an integer: JSON ``27.0`` is 27);
+    None when absent or blank."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -214,43 +349,74 @@ def _scalar_text(value: Any, source_field: str, target: str) -> str | None:
             f"{_label(source_field, target)}: expected a string or number, "
             f"got {type(value).__name__}"
         )
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     text = str(value).strip()
     return text or None
 
 
-def _to_problem(row: Any, fmap: FieldMap, default_id: str) -> Problem:
-    """One source row as a Problem, or ``_RowError`` naming the bad field."""
-    if not isinstance(row, dict):
-        raise _RowError(f"row is not an object (got {type(row).__name__})")
-    question = _text(row, fmap.question, "question")
-    solution = _text(row, fmap.solution, "solution")
-    if fmap.strip_calculator:
-        solution = _CALCULATOR.sub("", solution)
+def _joined(value: Any, source_field: str, target: str, separator: str) -> str | None:
+    """A scalar, or a list of scalars joined by ``separator``, as text; None when blank."""
+    if not isinstance(value, list):
+        return _scalar_text(value, source_field, target)
+    items = [_scalar_text(item, source_field, target) for item in value]
+    return separator.join(item for item in items if item is not None) or None
 
+
+def _answer(row: dict[str, Any], fmap: FieldMap) -> str | None:
+    """The mapped answer field as the data set means it (cleaned), or None."""
+    if fmap.answer is None:
+        return None
+    answer = _joined(row.get(fmap.answer), fmap.answer, "answer", ", ")
+    if answer is None or fmap.answer_cleanup is None:
+        return answer
+    if fmap.answer_cleanup == "unit":
+        unit = _UNIT.fullmatch(answer)
+        return unit.group("value") if unit else answer
+    return _MATH_DELIMITER.sub("", answer).strip() or None
+
+
+def _composed(row: dict[str, Any], spec: str, target: str, fmap: FieldMap) -> str:
+    """A required field (a solution's list of strings joined by blank lines), or a template's
+    fields composed (each part present and not blank)."""
+    parts = template_parts(spec)
+    if parts is None:
+        if target != "solution" or not isinstance(row.get(spec), list):
+            return _text(row, spec, target)
+        joined = _joined(row[spec], spec, target, "\n\n")
+        if joined is None:
+            raise _RowError(f"{_label(spec, target)}: empty")
+        return joined
+    pieces = []
+    for literal, name in parts:
+        pieces.append(literal)
+        if name is None:
+            continue
+        value = (_answer(row, fmap) if name == fmap.answer
+                 else _joined(row.get(name), name, target, "\n\n"))
+        if value is None:
+            raise _RowError(f"{_label(name, target)}: missing")
+        pieces.append(value)
+    return "".join(pieces)
+
+
+def _problem_id(row: dict[str, Any], fmap: FieldMap, default_id: str) -> str:
+    """The row's id field as text, else the row's default id."""
     if fmap.id is None:
-        problem_id = default_id
-    else:
-        if fmap.id not in row or row[fmap.id] is None:
-            raise _RowError(f"{_label(fmap.id, 'id')}: missing")
-        found = _scalar_text(row[fmap.id], fmap.id, "id")
-        if found is None:
-            raise _RowError(f"{_label(fmap.id, 'id')}: empty")
-        problem_id = found
+        return default_id
+    if fmap.id not in row or row[fmap.id] is None:
+        raise _RowError(f"{_label(fmap.id, 'id')}: missing")
+    found = _scalar_text(row[fmap.id], fmap.id, "id")
+    if found is None:
+        raise _RowError(f"{_label(fmap.id, 'id')}: empty")
+    return found
 
-    answer = None
-    if fmap.answer is not None:
-        answer = _scalar_text(row.get(fmap.answer), fmap.answer, "answer")
-    if answer is None:
-        answer = derive_answer(solution)
-    if answer is None:
-        given = f"no field {fmap.answer!r}, " if fmap.answer is not None else ""
-        raise _RowError(
-            f"{_label(fmap.answer or 'answer', 'answer')}: no reference answer "
-            f"({given}no \\boxed{{}} or '#### n' line in {fmap.solution!r})"
-        )
 
+def _metadata(row: dict[str, Any], fmap: FieldMap) -> dict[str, Any]:
+    """The row's unmapped scalar fields (with ``keep_extra``) and its metadata object."""
     metadata: dict[str, Any] = {}
-    mapped = {fmap.id, fmap.question, fmap.solution, fmap.answer, fmap.metadata}
+    mapped = {fmap.id, fmap.answer, fmap.metadata} | _columns(fmap.question) \
+        | _columns(fmap.solution)
     if fmap.keep_extra:
         for key, value in row.items():
             if key not in mapped and isinstance(value, str | int | float | bool):
@@ -263,7 +429,26 @@ def _to_problem(row: Any, fmap: FieldMap, default_id: str) -> Problem:
                 f"got {type(given_meta).__name__}"
             )
         metadata.update(given_meta)
+    return metadata
 
+
+def _to_problem(row: Any, fmap: FieldMap, default_id: str) -> Problem:
+    """One source row as a Problem, or ``_RowError`` naming the bad field."""
+    if not isinstance(row, dict):
+        raise _RowError(f"row is not an object (got {type(row).__name__})")
+    question = _composed(row, fmap.question, "question", fmap)
+    solution = _composed(row, fmap.solution, "solution", fmap)
+    if fmap.strip_calculator:
+        solution = _CALCULATOR.sub("", solution)
+    problem_id = _problem_id(row, fmap, default_id)
+    answer = _answer(row, fmap) or derive_answer(solution)
+    if answer is None:
+        given = f"no field {fmap.answer!r}, " if fmap.answer is not None else ""
+        raise _RowError(
+            f"{_label(fmap.answer or 'answer', 'answer')}: no reference answer "
+            f"({given}no \\boxed{{}} or '#### n' line in {fmap.solution!r})"
+        )
+    metadata = _metadata(row, fmap)
     try:
         return Problem(id=problem_id, question=question, solution=solution, answer=answer,
                        metadata=metadata)

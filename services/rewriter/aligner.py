@@ -55,6 +55,8 @@ class _State:
     timings: Timings = field(default_factory=Timings)
     correct: list[_Candidate] = field(default_factory=list)
     source: Source | None = None
+    example: AlignedExample | None = None
+    """Set once the problem's outcome is final (see :meth:`Aligner._decide`)."""
 
 
 @dataclass
@@ -93,12 +95,15 @@ class Aligner:
 
     def __init__(self, engine: Engine, verifier: Verifier, config: RewriteOptions | None = None,
                  templates: PromptTemplates | None = None,
-                 on_round: Callable[[RoundDone], None] | None = None) -> None:
+                 on_round: Callable[[RoundDone], None] | None = None,
+                 on_decided: Callable[[AlignedExample], None] | None = None) -> None:
         self.engine = engine
         self.verifier = verifier
         self.config = config or RewriteOptions()
         self.templates = templates or PromptTemplates()
         self.on_round = on_round
+        self.on_decided = on_decided
+        """Called with each problem's example as soon as it is final, mid-``align``."""
         self.stats = AlignStats()
         self._eos = [engine.eos_token_id] if engine.eos_token_id is not None else []
 
@@ -129,6 +134,9 @@ class Aligner:
             used += n
             round_index += 1
             unsolved = [s for s in pending if not s.correct]
+            for state in pending:
+                if state.correct:  # rounds stop at the first correct one: final now
+                    self._decide(state)
             if self.on_round is not None:
                 self.on_round(RoundDone(kind, round_index, len(pending),
                                         len(pending) - len(unsolved), len(unsolved)))
@@ -196,8 +204,20 @@ class Aligner:
                               source="self" if chosen.kind == "plain" else "guided",
                               behavior=behavior)
 
+    def _decide(self, state: _State) -> AlignedExample:
+        """Make ``state``'s example (its outcome is final) and report it."""
+        example = state.example = self._example(state)
+        self.stats.sources[example.source] += 1
+        if self.on_decided is not None:
+            self.on_decided(example)
+        return example
+
     def align(self, problems: Sequence[Problem]) -> list[AlignedExample]:
-        """Aligned examples for ``problems``, in input order."""
+        """Aligned examples for ``problems``, in input order.
+
+        Self solutions are final at their round, guided ones at theirs and expert ones at the
+        end; ``on_decided`` hears of each then.
+        """
         states = []
         for problem in problems:
             reference = reference_answer(problem)
@@ -206,6 +226,4 @@ class Aligner:
             states.append(_State(problem, reference))
         self._rounds(states, "plain", self.config.k_self)
         self._rounds([s for s in states if not s.correct], "guided", self.config.k_guided)
-        examples = [self._example(s) for s in states]
-        self.stats.sources.update(e.source for e in examples)
-        return examples
+        return [s.example or self._decide(s) for s in states]

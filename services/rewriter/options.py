@@ -7,11 +7,12 @@ generated from these models (:mod:`mindgap.options`). How the aligner samples an
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mindgap.datasets import ProblemSelection
+from mindgap.datasets import DatasetError, FieldMap, ProblemSelection, with_fields
 
 EngineKind = Literal["transformers", "vllm", "openai"]
 """The generation engines: in-process transformers or vLLM, or an OpenAI-compatible server."""
@@ -24,6 +25,22 @@ class DataOptions(ProblemSelection):
                       "Hugging Face `save_to_disk`, or a Hugging Face dataset name.")
     skip_invalid: bool = Field(default=False, description="Log and skip rows that are not "
                                "valid problems instead of stopping at the first.")
+    field: list[str] = Field(default_factory=list, description="NAME=COLUMN: read the "
+                             "problem field NAME (id, question, solution, answer, metadata) "
+                             "from COLUMN instead of the preset's; question and solution may "
+                             "be templates, e.g. 'question={body} {question}'. Repeatable.")
+
+    @model_validator(mode="after")
+    def _valid_fields(self) -> DataOptions:
+        self.field_map()
+        return self
+
+    def field_map(self) -> FieldMap:
+        """The preset's field map with the ``--field`` pairs applied."""
+        try:
+            return with_fields(self.preset, self.field)
+        except DatasetError as exc:
+            raise ValueError(f"--field {exc}") from None
 
 
 class EngineOptions(BaseModel):
@@ -38,6 +55,19 @@ class EngineOptions(BaseModel):
                               "SmolLM2-135M-Instruct, packaged with mindgap).")
     openai_url: str | None = Field(default=None, description="Base URL of the "
                                    "OpenAI-compatible server (engine openai only).")
+    threads: int | None = Field(default=None, ge=1, le=1024, description="CPU threads of "
+                                "torch, set before the model loads (default: OMP_NUM_THREADS "
+                                "if set, else 1; more threads than free cores slows "
+                                "generation down many times).")
+
+    def torch_threads(self) -> int:
+        """``threads``, else ``OMP_NUM_THREADS``, else 1."""
+        if self.threads is not None:
+            return self.threads
+        try:
+            return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+        except ValueError:
+            return 1
 
     @model_validator(mode="after")
     def _url_with_openai(self) -> EngineOptions:

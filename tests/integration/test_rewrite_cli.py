@@ -54,6 +54,7 @@ def test_rewrite_eight_gsm8k_problems(tmp_path: Path) -> None:
     assert sum(summary["sources_in_output"].values()) == 8
     assert summary["samples"] >= 8 and summary["generated_tokens"] > 0
     print(summary["sources_in_output"], f"{summary['generated_tokens_per_s']:.1f} tok/s")
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == summary  # the last line is JSON
 
 
 def test_killed_rewrite_resumes_without_duplicates(tmp_path: Path) -> None:
@@ -107,3 +108,56 @@ def test_bad_row_is_named(tmp_path: Path) -> None:
                          text=True, timeout=300, cwd=ROOT, env=ENV)
     assert run.returncode == 2
     assert "bad.jsonl:2" in run.stderr and "solution" in run.stderr
+
+
+def test_sigint_writes_what_is_decided_and_resume_finishes(tmp_path: Path) -> None:
+    sample = ROOT / "mindgap/samples/problems.jsonl"
+    out = tmp_path / "aligned.jsonl"
+    # Batches of 2: the first batch's examples are on disk while the second one runs.
+    args = ["--limit", "4", "--k-self", "1", "--k-guided", "1", "--max-tokens", "16",
+            "--batch-size", "2"]
+    process = subprocess.Popen(rewrite_cmd(sample, out, *args), cwd=ROOT, env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_text().count("\n") >= 1:
+            break
+        assert process.poll() is None, "rewrite ended before it could be interrupted"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "--resume" in stderr.splitlines()[-1]
+    last = json.loads(stdout.strip().splitlines()[-1])
+    written = read_examples(out)
+    assert last["interrupted"] == "SIGINT"
+    assert last["problems_this_run"] == len(written) == last["problems_in_output"]
+    assert 1 <= len(written) < 4, "interrupted too late"
+    run = subprocess.run(rewrite_cmd(sample, out, *args, "--resume"), capture_output=True,
+                         text=True, timeout=900, cwd=ROOT, env=ENV)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ids = [e.problem_id for e in read_examples(out)]
+    assert len(ids) == len(set(ids)) == 4
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["skipped_resumed"] == len(written)
+    assert [p["status"] for p in summary["parts"]] == ["SIGINT", "done"]
+
+
+def test_resume_with_other_settings_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    sample = ROOT / "mindgap/samples/problems.jsonl"
+    out = tmp_path / "aligned.jsonl"
+    out.write_text("")
+    config = {"engine": "transformers", "model": "smollm2-135m-instruct", "temperature": 1.0,
+              "max_tokens": 16}
+    out.with_name(out.name + ".summary.json").write_text(json.dumps({"parts": [config]}))
+    # A model that cannot load: the refusal must come first.
+    run = subprocess.run(rewrite_cmd(sample, out, "--limit", "1", "--max-tokens", "32",
+                                     "--resume", "--model", "/nonexistent/model"),
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+    assert run.returncode == 2
+    assert "max_tokens 16 -> 32" in run.stderr and "--force" in run.stderr
+    forced = subprocess.run(rewrite_cmd(sample, out, "--limit", "1", "--max-tokens", "32",
+                                        "--resume", "--force", "--model", "/nonexistent/model"),
+                            capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+    assert forced.returncode == 2
+    assert forced.stderr.strip() == "error: --model /nonexistent/model: no such folder"

@@ -8,7 +8,7 @@ import pytest
 
 from mindgap.rewriter.aligner import Aligner, RoundDone, longest_common_substring
 from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script
-from mindgap.schemas import Problem, RewriteOptions
+from mindgap.schemas import AlignedExample, Problem, RewriteOptions
 from mindgap.verifier.pool import LocalVerifier
 from tests.scripted import TimeoutVerifier
 
@@ -159,3 +159,32 @@ def test_adaptive_rounds_save_samples_at_equal_yield(verifier: LocalVerifier) ->
 def test_longest_common_substring() -> None:
     assert longest_common_substring("abcdef", "zzcdez") == 3
     assert longest_common_substring("", "abc") == 0
+
+
+def test_each_problem_is_reported_once_decided(verifier: LocalVerifier) -> None:
+    # p0: self in round 1; p1: guided in guided round 2; p2: expert, at the end.
+    def script(prompt: str, index: int) -> str:
+        if "variant 0" in prompt:
+            return "\\boxed{42}"
+        if "variant 1" in prompt and is_guided(prompt) and index >= 3000:
+            return "Count the boxes: \\boxed{42}"
+        return "\\boxed{7}"
+
+    events: list[str] = []
+    decided = []
+
+    def on_decided(example: AlignedExample) -> None:
+        decided.append(example)
+        events.append(f"decided {example.problem_id} {example.source}")
+
+    def on_round(done: RoundDone) -> None:
+        events.append(f"round {done.kind} {done.round}")
+
+    aligner = Aligner(ScriptedEngine(script), verifier, RewriteOptions(k_self=2, k_guided=2),
+                      on_round=on_round, on_decided=on_decided)
+    examples = aligner.align(problems(3))
+    assert events == ["decided p0 self", "round plain 1", "round plain 2",
+                      "round guided 1", "decided p1 guided", "round guided 2",
+                      "decided p2 expert"]
+    assert decided == [examples[0], examples[1], examples[2]]  # the same examples, once each
+    assert aligner.stats.sources == {"self": 1, "guided": 1, "expert": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import sys
 import tracemalloc
 from pathlib import Path
@@ -27,8 +28,10 @@ from mindgap.datasets import (
     read_jsonl_ids,
     read_problems,
     reference_answer,
+    with_fields,
     write_jsonl,
 )
+from mindgap.rewriter.options import DataOptions
 from mindgap.schemas import Problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +115,78 @@ def test_custom_field_map(tmp_path: Path) -> None:
     first, second = read_problems(str(path), fields=fields)
     assert (first.id, first.answer, first.metadata) == ("17", "5", {})
     assert (second.id, second.answer) == ("u2", "x^{2}")  # empty answer field: derived
+
+
+ASDIV_ROW = {"body": "Seven red apples and two green apples are in the basket.",
+             "question": "How many apples are in the basket?", "formula": "7+2=9",
+             "answer": "9 (apples)", "idx": 0}
+
+
+def test_templates_compose_fields_and_the_answer_drops_its_unit(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "asdiv.jsonl", [ASDIV_ROW, {**ASDIV_ROW, "answer": "Mrs. Hilt"}])
+    first, named = read_problems(str(path), preset="asdiv")
+    assert first.question == f"{ASDIV_ROW['body']} {ASDIV_ROW['question']}"
+    assert (first.solution, first.answer) == ("7+2=9\n#### 9", "9")
+    assert first.id == "asdiv-0"  # no id field: a stable id from the row number
+    assert first.metadata == {"idx": 0}  # composed fields are not copied into metadata
+    assert named.answer == "Mrs. Hilt"  # a label without a parenthesised unit stays whole
+
+
+def test_list_fields_math_delimiters_and_integral_floats(tmp_path: Path) -> None:
+    olympiad = write_rows(tmp_path / "olympiad.jsonl", [
+        {"question": "Q?", "solution": ["First way.", "Second way."],
+         "final_answer": ["$2^{10}$", "$3$"], "unit": None}])
+    (problem,) = read_problems(str(olympiad), preset="olympiadbench")
+    assert problem.answer == "2^{10}, 3"
+    assert problem.solution == ("First way.\n\nSecond way.\n\n"
+                                "The final answer is $\\boxed{2^{10}, 3}$.")
+    amc = write_rows(tmp_path / "amc.jsonl", [{"question": "Q?", "answer": 27.0},
+                                             {"question": "R?", "answer": 2.5}])
+    whole, half = read_problems(str(amc), preset="amc")
+    assert (whole.answer, whole.solution) == ("27", "The answer is $\\boxed{27}$.")
+    assert half.answer == "2.5"
+
+
+def test_a_template_field_missing_is_a_row_error(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "svamp.jsonl", [{"Body": "B.", "Equation": "1+1",
+                                                  "Answer": 2.0}])
+    with pytest.raises(DatasetError, match=r"svamp.jsonl:1: field 'Question' \(question\): "
+                       "missing"):
+        read_problems(str(path), preset="svamp")
+
+
+def test_field_overrides_replace_the_presets_fields(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "own.jsonl", [{"text": "Q?", "sol": "So \\boxed{4}.",
+                                                "key": "k1"}])
+    fields = with_fields("math", ["question=text", "solution=Work: {sol}", "id=key",
+                                  "answer=none_here"])
+    (problem,) = read_problems(str(path), fields=fields)
+    assert (problem.id, problem.question, problem.answer) == ("k1", "Q?", "4")
+    assert problem.solution == "Work: So \\boxed{4}."
+    assert with_fields("gsm8k", []) == PRESETS["gsm8k"]
+
+
+@pytest.mark.parametrize(("pairs", "message"), [
+    (["question"], "'question': expected NAME=COLUMN"),
+    (["=body"], "'=body': expected NAME=COLUMN"),
+    (["title=body"], "'title=body': unknown field 'title'"),
+    (["question=a", "question=b"], "'question=b': field 'question' given twice"),
+    (["answer={a}"], "'answer={a}': only question and solution may be templates"),
+    (["question={a:>3}"], "'question={a:>3}': a template's placeholder is a column name"),
+    (["question={a"], "'question={a': bad template"),
+    (["question=just {{braces}}"], "'question=just {{braces}}': a template needs a {column}"),
+])
+def test_bad_field_overrides_name_the_pair(pairs: list[str], message: str) -> None:
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        with_fields(None, pairs)
+    with pytest.raises(ValueError, match=re.escape("--field " + message)):
+        DataOptions(data="x.jsonl", field=pairs)
+
+
+def test_data_options_field_map() -> None:
+    options = DataOptions(data="x.jsonl", preset="asdiv", field=["question=body"])
+    assert options.field_map() == PRESETS["asdiv"].model_copy(update={"question": "body"})
+    assert DataOptions(data="x.jsonl").field_map() == PRESETS["mindgap"]
 
 
 def test_preset_errors(tmp_path: Path) -> None:
