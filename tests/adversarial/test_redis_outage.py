@@ -156,6 +156,9 @@ def test_workers_and_api_ride_out_a_60s_outage(prefix: str, tmp_path: Path) -> N
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
+@pytest.mark.skipif(not os.environ.get("MINDGAP_LONG_TESTS"), reason="about 8 minutes with the "
+                    "real model on 2 cores; MINDGAP_LONG_TESTS=1 runs it (the scripted 60 s "
+                    "outage test above runs in CI)")
 def test_mindgap_worker_processes_ride_out_a_60s_outage(prefix: str, tmp_path: Path) -> None:
     """The acceptance case: two real ``mindgap worker`` processes (packaged model, CPU)."""
     check_outage(outage_during_job(prefix, tmp_path, 60.0, cli=True))
