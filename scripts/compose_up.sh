@@ -53,11 +53,18 @@ done
 "${compose[@]}" run --rm --no-deps --entrypoint sh trainer-cpu -c \
   'ls -d /checkpoints/live/checkpoints/step-*[0-9]' >/dev/null
 
-# Only the rewriter is published.
+# Only the rewriter is published. `compose port` also answers (":0", status 0) for a port
+# the image EXPOSEs but nothing publishes: only a host port other than 0 counts.
+published() {
+  local out
+  out="$("${compose[@]}" port "$1" "$2" 2>/dev/null)" || return 1
+  [ -n "$out" ] && [ "${out##*:}" != 0 ]
+}
 for service in redis verifier worker-cpu trainer-cpu; do
-  if "${compose[@]}" port "$service" 6379 >/dev/null 2>&1 \
-      || "${compose[@]}" port "$service" 8001 >/dev/null 2>&1; then
-    echo "$service publishes a port" >&2; exit 1
-  fi
+  for port in 6379 8000 8001; do
+    if published "$service" "$port"; then
+      echo "$service publishes port $port" >&2; exit 1
+    fi
+  done
 done
 echo "compose_up: ok (job $job: $count results, trainer checkpoint written)"

@@ -1,18 +1,22 @@
 """The verifier on real benchmark data: every reference must verify against its own solution.
 
-Each test calls ``check()`` in-process (the sandbox pool is tested elsewhere) with a
-SIGALRM per-item deadline, so one pathological pair fails its item instead of hanging
-the run. Each test prints its elapsed time and up to ``MAX_SHOWN`` failures with inputs.
+Each test calls ``check()`` in a forked child process (the sandbox pool is tested
+elsewhere) with a SIGALRM per-item deadline, so one pathological pair fails its item instead
+of hanging the run, and whatever an interrupted parse leaves behind (sympy and parser state)
+dies with the child instead of reaching later tests. Each test prints its elapsed time and
+up to ``MAX_SHOWN`` failures with inputs.
 Data: ``../shared/data/benchmarks`` (read-only); tests skip when it is absent.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -71,13 +75,19 @@ def _short(text: str, keep: int = 160) -> str:
     return text if len(text) <= keep else "..." + text[-keep:]
 
 
+def _results(pairs: Sequence[Pair]) -> list[VerifyResult | None]:
+    return [timed_check(response, reference) for response, reference in pairs]
+
+
 def run_pairs(name: str, pairs: Sequence[Pair], want_correct: bool) -> float:
     """Verify every pair; print timing and failures; return the rate of expected verdicts."""
     assert pairs, f"{name}: no pairs to check"
     start = time.perf_counter()
     failures: list[str] = []
-    for i, (response, reference) in enumerate(pairs):
-        result = timed_check(response, reference)
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(1, mp_context=fork) as child:
+        results = child.submit(_results, list(pairs)).result()
+    for i, ((response, reference), result) in enumerate(zip(pairs, results, strict=True)):
         if result is None:
             failures.append(f"  #{i} TIMEOUT (> {ITEM_TIMEOUT_S} s)\n"
                             f"    response:  {_short(response)!r}\n"
