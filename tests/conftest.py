@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -102,12 +103,19 @@ class Service:
 @pytest.fixture(scope="session")
 def verifier_service() -> Iterator[Service]:
     """A real ``mindgap serve verifier`` process with API key ``test-key``, 2 workers."""
-    port = free_port()
     env = {**os.environ, "MINDGAP_API_KEY": "test-key",
            "MINDGAP_VERIFIER_MAX_BODY_BYTES": str(4 * 1024 * 1024),
            "MINDGAP_VERIFIER_TIMEOUT_S": "3"}
+    with serving_verifier(env, workers=2) as service:
+        yield service
+
+
+@contextmanager
+def serving_verifier(env: dict[str, str], workers: int) -> Iterator[Service]:
+    """``mindgap serve verifier`` with ``env`` on a free port, once ready; stopped after."""
+    port = free_port()
     service = Service.start(["-m", "mindgap.cli", "serve", "verifier", "--port", str(port),
-                             "--workers", "2", "--log-level", "warning"], env, port)
+                             "--workers", str(workers), "--log-level", "warning"], env, port)
     try:
         wait_ready(f"{service.url}/readyz")
         yield service

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from mindgap.schemas import VerifyReason, VerifyRequest
 from mindgap.verifier.client import VerifierClient, VerifierError
 from mindgap.verifier.pool import LocalVerifier
-from tests.conftest import ROOT, Service, free_port, wait_ready
+from tests.conftest import ROOT, Service, serving_verifier
 
 TIMEOUT_S = 2.0
 MAX_QUEUED = 8
@@ -37,17 +37,11 @@ NORMAL = VerifyRequest(response="\\boxed{12}", reference="12")
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
     """A real verifier service: 1 worker, 2 s timeout, 8 items queued per client, no key."""
-    port = free_port()
     env = {**os.environ, "MINDGAP_VERIFIER_TIMEOUT_S": str(TIMEOUT_S),
            "MINDGAP_VERIFIER_MAX_QUEUED_PER_CLIENT": str(MAX_QUEUED)}
     env.pop("MINDGAP_API_KEY", None)
-    svc = Service.start(["-m", "mindgap.cli", "serve", "verifier", "--port", str(port),
-                         "--workers", "1", "--log-level", "warning"], env, port)
-    try:
-        wait_ready(f"{svc.url}/readyz")
+    with serving_verifier(env, workers=1) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def _batch(items: list[VerifyRequest]) -> dict[str, object]:
