@@ -2,9 +2,11 @@
 
 Routes: ``POST /v1/jobs`` (batch job, 202), ``GET /v1/jobs[/{id}[/results]]``,
 ``DELETE /v1/jobs/{id}`` (cancel) in :mod:`~mindgap.rewriter.routes_jobs`; ``POST
-/v1/rewrite`` (synchronous, up to 64 items; needs running workers) in
-:mod:`~mindgap.rewriter.routes_sync`; ``/healthz``, ``/readyz`` (Redis, verifier, a live
-worker) in :mod:`~mindgap.rewriter.health`; ``/metrics`` in :mod:`~mindgap.rewriter.metrics`.
+/v1/rewrite`` and its alias ``POST /rewrite`` (synchronous, up to 64 items; 503 without a
+live worker) in :mod:`~mindgap.rewriter.routes_sync`; ``/healthz``, ``/readyz`` (Redis,
+verifier, a live worker) in :mod:`~mindgap.rewriter.health`; ``/metrics`` in
+:mod:`~mindgap.rewriter.metrics`; ``/docs`` and ``/redoc`` (no CDN) in
+:mod:`~mindgap.rewriter.ui_docs`; the job console ``/ui`` in :mod:`~mindgap.rewriter.ui`.
 Refusals are :class:`~mindgap.rewriter.rejections.Rejected`; the routes get the queue and
 settings from :mod:`~mindgap.rewriter.deps`.
 """
@@ -19,7 +21,7 @@ from mindgap import __version__
 from mindgap.config import QueueSettings, RewriterSettings, ServiceSettings, VerifierSettings
 from mindgap.http import bearer_auth, closing_lifespan, install_common, observe_requests
 from mindgap.queue import Queue
-from mindgap.rewriter import health, metrics, routes_jobs, routes_sync
+from mindgap.rewriter import health, metrics, routes_jobs, routes_sync, ui, ui_docs
 from mindgap.rewriter.deps import RewriterContext
 from mindgap.rewriter.rejections import install_rejections
 
@@ -39,13 +41,14 @@ def create_app(queue: Queue | None = None, settings: RewriterSettings | None = N
         queue = Queue.from_url(where.redis_url, where.prefix, create_groups=False)
     counters = metrics.RewriterMetrics(queue)
     stopping = threading.Event()  # set by SIGTERM/SIGINT: waiting /v1/rewrite calls answer
-    app = FastAPI(title="mindgap rewriter", version=__version__,
+    app = FastAPI(title="mindgap rewriter", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=closing_lifespan(queue.close if owned else None, stopping),
                   description="Rewrite math problems into on-policy training examples: jobs "
                   "on a Redis queue, done by rewriter workers.")
     app.state.rewriter = RewriterContext(queue=queue, settings=settings,
                                          verifier_url=VerifierSettings().url,
-                                         registry=counters.registry, stopping=stopping)
+                                         registry=counters.registry, stopping=stopping,
+                                         api_key=service.api_key)
     install_common(app, settings.max_body_bytes)
     install_rejections(app)
     observe_requests(app, counters.requests, counters.latency)
@@ -54,4 +57,6 @@ def create_app(queue: Queue | None = None, settings: RewriterSettings | None = N
     app.include_router(routes_sync.router, dependencies=auth)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(ui_docs.router)
+    app.include_router(ui.router)
     return app

@@ -23,13 +23,15 @@ RETRY_AFTER_S = 10
 @dataclass(frozen=True, slots=True)
 class RewriterContext:
     """The app's queue, settings, verifier URL (None: answers are checked locally, by the
-    workers), metrics registry, and ``stopping`` (set when the server is told to stop)."""
+    workers), metrics registry, ``stopping`` (set when the server is told to stop), and the
+    API key (None: open; the job console signs in with it)."""
 
     queue: Queue
     settings: RewriterSettings
     verifier_url: str | None
     registry: CollectorRegistry
     stopping: threading.Event
+    api_key: str | None = None
 
 
 async def rewriter_context(request: Request) -> RewriterContext:

@@ -14,7 +14,6 @@ from mindgap.jobs import (
     ENTRY_ID_PATTERN,
     JOB_ID_PATTERN,
     JobCreated,
-    JobList,
     JobRequest,
     JobView,
     job_view,
@@ -22,6 +21,7 @@ from mindgap.jobs import (
 from mindgap.queue import Jobs, entry_order
 from mindgap.rewriter.data_root import read_dataset
 from mindgap.rewriter.deps import Context, create_job
+from mindgap.rewriter.progress import JobProgress, JobProgressList, newest_progress, read_progress
 from mindgap.rewriter.rejections import Rejected, check_items, invalid
 
 router = APIRouter()
@@ -105,20 +105,22 @@ def post_job(body: JobRequest, context: Context) -> JSONResponse:
                         headers={"Location": f"/v1/jobs/{job_id}"})
 
 
-@router.get("/v1/jobs", response_model=JobList)
+@router.get("/v1/jobs", response_model=JobProgressList)
 def list_jobs(context: Context, limit: int = Query(100, ge=1, le=1000),
-              offset: int = Query(0, ge=0, le=10**12)) -> JobList:
-    """Jobs, newest first."""
-    jobs = context.queue.jobs
-    now = jobs.now()
-    return JobList(jobs=[job_view(state, now) for state in jobs.newest(limit, offset)],
-                   limit=limit, offset=offset)
+              offset: int = Query(0, ge=0, le=10**12)) -> JobProgressList:
+    """Jobs, newest first, with their progress."""
+    return JobProgressList(jobs=newest_progress(context.queue, limit, offset), limit=limit,
+                           offset=offset)
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobView, responses=_NOT_FOUND)
-def job_status(job_id: JobId, context: Context) -> JobView:
-    """A job's progress: counts, rate and ETA."""
-    return _view(context.queue.jobs, job_id)
+@router.get("/v1/jobs/{job_id}", response_model=JobProgress, responses=_NOT_FOUND)
+def job_status(job_id: JobId, context: Context) -> JobProgress:
+    """A job's progress: counts, the work in workers' hands, rate and ETA (these move
+    within a batch: per sampling round and per problem decided)."""
+    progress = read_progress(context.queue, job_id)
+    if progress is None:
+        raise Rejected(404, f"no job {job_id!r}")
+    return progress
 
 
 @router.get("/v1/jobs/{job_id}/results", response_class=StreamingResponse,

@@ -1,4 +1,5 @@
-"""``POST /v1/rewrite``: a small job, waited for (needs running workers)."""
+"""``POST /v1/rewrite`` and its stable alias ``POST /rewrite``: a small job, waited for
+(needs a live worker: 503 at once without one)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import json
 import time
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
@@ -57,18 +59,31 @@ def _answer(state: JobState, problems: list[Problem], raw: list[str]) -> str:
             f'"last_error":{json.dumps(state.last_error)}}}')
 
 
-@router.post("/v1/rewrite", response_model=RewriteResponse,
-             responses={409: {"description": "The job was cancelled or deleted meanwhile."},
-                        422: {"description": "Invalid items."},
-                        429: {"description": "Too many open jobs; see Retry-After."},
-                        503: {"description": "The server is stopping; the job goes on "
-                              "(poll /v1/jobs/{job_id})."},
-                        504: {"description": "Not done within timeout_s; the job goes on "
-                              "(poll /v1/jobs/{job_id})."}})
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The job was cancelled or deleted meanwhile."},
+    422: {"description": "Invalid items."},
+    429: {"description": "Too many open jobs; see Retry-After."},
+    503: {"description": "No worker is alive (no job is made), or the server is stopping "
+          "(the job goes on: poll /v1/jobs/{job_id})."},
+    504: {"description": "Not done within timeout_s; the job goes on "
+          "(poll /v1/jobs/{job_id})."}}
+
+
+async def _need_a_worker(context: RewriterContext) -> None:
+    """503 at once when no worker has a fresh heartbeat: nobody would answer the job."""
+    if not await asyncio.to_thread(context.queue.heartbeats.live):
+        raise Rejected(503, "no rewriter worker is alive (no heartbeat); start `mindgap "
+                       "worker`, or queue a batch job with POST /v1/jobs", live_workers=0)
+
+
+@router.post("/rewrite", response_model=RewriteResponse, responses=_ANSWERS,
+             summary="Rewrite (stable alias of /v1/rewrite)")
+@router.post("/v1/rewrite", response_model=RewriteResponse, responses=_ANSWERS)
 async def rewrite(body: RewriteRequest, context: Context, request: Request) -> Response:
-    """Rewrite up to 64 problems and wait for them (needs running workers); a client that
-    leaves cancels its job."""
+    """Rewrite up to 64 problems and wait for them (needs running workers: 503 at once
+    without one); a client that leaves cancels its job. ``/rewrite`` is the same route."""
     check_items(body.items)
+    await _need_a_worker(context)
     jobs = context.queue.jobs
     job_id = f"sync-{uuid.uuid4().hex}"
     await asyncio.to_thread(create_job, context, job_id, body.items,

@@ -83,6 +83,8 @@ def create_app(pool: LocalVerifier | None = None,
     observe_requests(app, metrics.requests, metrics.latency)
 
     @app.post("/v1/verify", dependencies=auth, response_model=VerifyResult, responses=TOO_MANY)
+    @app.post("/verify", dependencies=auth, response_model=VerifyResult, responses=TOO_MANY,
+              summary="Verify one (stable alias of /v1/verify)")
     async def verify_one(body: VerifyRequest, request: Request) -> VerifyResult | Response:
         """Verify one response against a reference."""
         results = await answer(request, verifier, [body], client_key(request, service.api_key))

@@ -135,7 +135,8 @@ def test_job_size_is_capped(service: Service, tmp_path: Path) -> None:
     httpx.delete(f"{service.url}/v1/jobs/{limited.json()['job_id']}", headers=AUTH)
 
 
-def test_open_jobs_are_capped(service: Service) -> None:
+def test_open_jobs_are_capped(service: Service, queue: Queue) -> None:
+    queue.heartbeats.beat("w", ttl_s=30)  # a live worker: /v1/rewrite gets to the cap
     ids = []
     for i in range(4):
         reply = post_job(service, {"job_id": f"open-{i}", "items": [problem(i)]})
@@ -231,6 +232,7 @@ def test_sync_rewrite_stops_polling_when_the_client_leaves(own_redis: str,
                                                            tmp_path: Path) -> None:
     service = start_rewriter(own_redis, "mgtest", tmp_path)
     client = redis.Redis.from_url(own_redis, decode_responses=True)
+    Queue.from_url(own_redis, "mgtest").heartbeats.beat("w", ttl_s=60)  # a (silent) worker
     try:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{service.url}/v1/rewrite", headers=AUTH,
@@ -249,6 +251,7 @@ def test_sync_rewrite_stops_polling_when_the_client_leaves(own_redis: str,
 def test_sigterm_ends_a_waiting_sync_rewrite(own_redis: str, tmp_path: Path) -> None:
     service = start_rewriter(own_redis, "mgtest", tmp_path)
     client = redis.Redis.from_url(own_redis, decode_responses=True)
+    Queue.from_url(own_redis, "mgtest").heartbeats.beat("w", ttl_s=60)  # a (silent) worker
     answers: list[httpx.Response] = []
 
     def wait() -> None:

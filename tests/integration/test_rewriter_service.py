@@ -338,6 +338,7 @@ class FakeWorker(threading.Thread):
 def test_sync_rewrite(service: Service, queue: Queue, prefix: str) -> None:
     url = f"{service.url}/v1/rewrite"
     items = [problem(i, "s") for i in range(5)]
+    queue.heartbeats.beat("w-silent", ttl_s=30)  # a live worker that takes nothing
     slow = httpx.post(url, headers=AUTH, json={"items": items[:1], "timeout_s": 1}, timeout=30)
     assert slow.status_code == 504
     assert slow.json()["job_id"].startswith("sync-") and "goes on" in slow.json()["detail"]
@@ -357,6 +358,7 @@ def test_sync_rewrite(service: Service, queue: Queue, prefix: str) -> None:
         assert body["status"] == "completed_with_failures" and body["failed"] == ["fail1"]
         assert body["examples"][1] is None and body["examples"][2]["problem_id"] == "ok2"
         assert body["last_error"] == "boom"
+    queue.heartbeats.gone("w-silent")
     fed = [f["job"] for _, f in queue.redis.xrange(queue.keys.aligned)]
 
     assert not [job for job in fed if job.startswith("sync-")]  # not fed to the trainer
