@@ -15,7 +15,14 @@ medians.
   tokens, bf16 autocast; also tokens/s and MFU (model FLOPs: 6 x matmul parameters + the
   attention term, per token, against the GPU's dense bf16 peak).
 
-Target: the weighting of dft and is costs at most 5% over sft (median step time).
+Two more variants in the same run: ``is+lora`` (the is loss with LoRA adapters, rank 16 on
+every linear layer, through peft) and ``trl-sft``, the peer: the same model, examples and
+settings (batch, AdamW fused, lr, grad clip) through TRL's ``SFTTrainer`` (its own loss,
+plain cross-entropy; step times from a callback around each optimizer step). The ratio
+mindgap ``sft`` / ``trl-sft`` of median step time and of peak memory is reported.
+
+Targets: the weighting of dft and is costs at most 5% over sft (median step time); mindgap's
+sft step takes at most 0.9x TRL's.
 
 Run: ``.venv/bin/python benchmarks/trainer_step.py [--device cuda] [--rounds 3]``.
 Results: ``benchmarks/results/trainer_step_<cpu|cuda>.json``.
@@ -43,7 +50,11 @@ from mindgap.trainer.config import LossKind
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 LOSSES: tuple[str, ...] = get_args(LossKind)
+LORA, PEER = "is+lora", "trl-sft"
+VARIANTS: tuple[str, ...] = (*LOSSES, LORA, PEER)
 TARGET_OVERHEAD = 0.05
+TARGET_PEER_RATIO = 0.9
+LORA_R = 16
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"model": dict(vocab_size=8192, hidden_size=256, intermediate_size=688,
                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
@@ -86,44 +97,101 @@ def flops_per_token(model: Any, seq_len: int) -> float:
     return 6 * matmul + 12 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
-def run_one(loss: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Train ``warmup + steps`` steps with ``loss`` in this process; the measurements."""
-    import torch
-
-    from mindgap.trainer.config import TrainConfig
-    from mindgap.trainer.loop import train
-    from mindgap.trainer.sources import FileStream
-    from mindgap.trainer.testing import char_tokenizer, synthetic_examples
+def workload(args: argparse.Namespace) -> tuple[Any, list[Any], int, int]:
+    """The model, the examples, examples per step and tokens per example of a run."""
+    from mindgap.trainer.testing import synthetic_examples
 
     size = SIZES[args.size]
     per_step = args.examples or size["examples"]
     tokens = args.tokens or size["tokens"]
-    total_steps = args.warmup + args.steps
     model = build_model(args.size)
     examples = synthetic_examples(
-        per_step * total_steps, seed=0, prompt_chars=(PROMPT_CHARS, PROMPT_CHARS),
+        per_step * (args.warmup + args.steps), seed=0,
+        prompt_chars=(PROMPT_CHARS, PROMPT_CHARS),
         response_tokens=(tokens - PROMPT_CHARS, tokens - PROMPT_CHARS),
         vocab=model.config.vocab_size)
-    cuda = args.device == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    return model, examples, per_step, tokens
+
+
+def mindgap_steps(variant: str, args: argparse.Namespace, model: Any, examples: list[Any],
+                  per_step: int, tokens: int) -> tuple[list[float], list[int], float]:
+    """``mindgap.trainer.loop.train`` on the workload: step times, input tokens, last loss."""
+    from mindgap.trainer.config import TrainConfig
+    from mindgap.trainer.loop import train
+    from mindgap.trainer.sources import FileStream
+    from mindgap.trainer.testing import char_tokenizer
+
+    lora = {"loss": "is", "lora_r": LORA_R, "lora_alpha": 2.0 * LORA_R} if variant == LORA \
+        else {"loss": variant}
     with tempfile.TemporaryDirectory(prefix="mindgap-trainer-bench-") as out:
         config = TrainConfig(
-            out=out, loss=loss, max_steps=total_steps, global_batch=per_step,
+            out=out, max_steps=args.warmup + args.steps, global_batch=per_step,
             batch_tokens=per_step * tokens, max_length=tokens, lr=1e-5, device=args.device,
-            progress=False, tensorboard=False, save_final=False,
-            gradient_checkpointing=args.gradient_checkpointing)
+            progress=False, save_final=False,
+            gradient_checkpointing=args.gradient_checkpointing, **lora)
         summary = train(config, model=model, tokenizer=char_tokenizer(),
                         stream=FileStream.from_examples(examples, shuffle=False))
         steps = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
-    measured = steps[args.warmup:]
+    return ([s["step_s"] for s in steps], [s["input_tokens"] for s in steps],
+            summary["last"]["loss"])
+
+
+def trl_steps(args: argparse.Namespace, model: Any, examples: list[Any], per_step: int,
+              tokens: int) -> tuple[list[float], list[int], float]:
+    """The same workload through TRL's ``SFTTrainer`` (the peer)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from mindgap.trainer.testing import PAD, char_tokenizer
+    from mindgap.trainer.trl_loss import TrlCollator, trl_rows
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            times.append(time.perf_counter() - self.t0)
+
+    rows = [{k: v for k, v in r.items() if k in ("input_ids", "labels")}
+            for r in trl_rows(examples, char_tokenizer(), tokens)]
+    cuda = args.device == "cuda"
+    with tempfile.TemporaryDirectory(prefix="mindgap-trl-bench-") as out:
+        config = SFTConfig(
+            output_dir=out, max_steps=args.warmup + args.steps,
+            per_device_train_batch_size=per_step, learning_rate=1e-5, max_grad_norm=1.0,
+            lr_scheduler_type="cosine", optim="adamw_torch_fused", save_strategy="no",
+            logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=not cuda,
+            bf16=cuda, gradient_checkpointing=args.gradient_checkpointing, seed=0,
+            remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                             data_collator=TrlCollator(PAD), processing_class=char_tokenizer(),
+                             callbacks=[Timer()])
+        result = trainer.train()
+    return times, [len(r["input_ids"]) * per_step for r in rows[::per_step]], \
+        float(result.training_loss)
+
+
+def run_one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train ``warmup + steps`` steps of ``variant`` in this process; the measurements."""
+    import torch
+
+    model, examples, per_step, tokens = workload(args)
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    params = sum(p.numel() for p in model.parameters())
+    if variant == PEER:
+        step_s, input_tokens, final_loss = trl_steps(args, model, examples, per_step, tokens)
+    else:
+        step_s, input_tokens, final_loss = mindgap_steps(variant, args, model, examples,
+                                                         per_step, tokens)
     result = {
-        "loss": loss, "step_s": [s["step_s"] for s in measured],
-        "input_tokens": [s["input_tokens"] for s in measured],
-        "response_tokens": [s["response_tokens"] for s in measured],
-        "final_loss": summary["last"]["loss"],
-        "params": sum(p.numel() for p in model.parameters()),
-        "flops_per_token": flops_per_token(model, tokens),
+        "loss": variant, "step_s": step_s[args.warmup:],
+        "input_tokens": input_tokens[args.warmup:], "final_loss": final_loss,
+        "params": params, "flops_per_token": flops_per_token(model, tokens),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
     if cuda:
@@ -133,7 +201,7 @@ def run_one(loss: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def spawn(loss: str, args: argparse.Namespace) -> dict[str, Any]:
-    """``run_one`` in a fresh process (so peak memory is this loss's alone)."""
+    """``run_one`` in a fresh process (so peak memory is this variant's alone)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", loss, "--size", args.size,
            "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if args.examples:
@@ -182,7 +250,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the GPU's dense bf16 peak, for MFU (default: by GPU name)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--note", default="", help="free text stored in the JSON")
-    parser.add_argument("--worker", choices=LOSSES, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--worker", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device is None:
         import torch
@@ -193,55 +263,88 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_rounds(variants: list[str], args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Every variant ``--rounds`` times, round-robin, the order rotated each round."""
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for round_index in range(args.rounds):
+        shift = round_index % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            log(f"round {round_index + 1}/{args.rounds}: {variant}")
+            runs[variant].append(spawn(variant, args))
+    return runs
+
+
+def judge(table: list[dict[str, Any]]) -> dict[str, Any]:
+    """Overheads against sft (the losses' target), and mindgap sft against the peer."""
+    rows = {r["loss"]: r for r in table}
+    base = rows["sft"]["median_step_s"] if "sft" in rows else None
+    for row in table:
+        row["overhead_vs_sft"] = row["median_step_s"] / base - 1 if base else None
+        row["pass"] = row["loss"] not in LOSSES[1:] or row["overhead_vs_sft"] <= TARGET_OVERHEAD
+    if "sft" not in rows or PEER not in rows:
+        return {}
+    step_ratio = rows["sft"]["median_step_s"] / rows[PEER]["median_step_s"]
+    memory_ratio = rows["sft"]["peak_memory_bytes"] / rows[PEER]["peak_memory_bytes"]
+    return {"step_time_ratio": step_ratio, "peak_memory_ratio": memory_ratio,
+            "target": TARGET_PEER_RATIO, "pass": step_ratio <= TARGET_PEER_RATIO}
+
+
+def report(table: list[dict[str, Any]], peer: dict[str, Any], args: argparse.Namespace,
+           runs: dict[str, list[dict]], gpu: str | None) -> None:
+    """Print the table and the peer ratio."""
+    size = SIZES[args.size]
+    first = next(iter(runs.values()))[0]
+    print(f"trainer step, {args.size} model ({first['params'] / 1e6:.1f}M parameters, "
+          f"random init) on {gpu or 'CPU'}: {args.examples or size['examples']} examples x "
+          f"{args.tokens or size['tokens']} tokens per step, {args.steps} measured steps x "
+          f"{args.rounds} rounds per variant")
+    print(format_table(
+        ["variant", "steps", "median s", "min s", "max s", "tokens/s", "MFU",
+         "peak memory MiB", "overhead vs sft", "target <= 5%"],
+        [[r["loss"], str(r["steps"]), f"{r['median_step_s']:.3f}", f"{r['min_step_s']:.3f}",
+          f"{r['max_step_s']:.3f}", f"{r['tokens_per_s']:.0f}",
+          f"{r['mfu']:.1%}" if r["mfu"] is not None else "-",
+          f"{r['peak_memory_bytes'] / 2**20:.0f}",
+          f"{r['overhead_vs_sft']:+.1%}" if r["overhead_vs_sft"] is not None else "-",
+          verdict(r["pass"]) if r["loss"] in LOSSES[1:] else "-"] for r in table]))
+    if peer:
+        print(f"mindgap sft / TRL SFTTrainer: step time {peer['step_time_ratio']:.2f}x "
+              f"(target <= {TARGET_PEER_RATIO}x: {verdict(peer['pass'])}), peak memory "
+              f"{peer['peak_memory_ratio']:.2f}x")
+    print(f"peak memory: {table[0]['peak_memory_kind']}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run every loss ``--rounds`` times, print the table, save the JSON."""
+    """Run every variant ``--rounds`` times, print the table, save the JSON."""
     args = parse_args(argv)
     if args.worker:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         print(json.dumps(run_one(args.worker, args)))
         return 0
+    variants = [v for v in VARIANTS if v in args.variants.split(",")]
     info = machine_info()
     started = time.perf_counter()
-    runs: dict[str, list[dict[str, Any]]] = {loss: [] for loss in LOSSES}
-    for round_index in range(args.rounds):
-        order = LOSSES[round_index % 3:] + LOSSES[:round_index % 3]
-        for loss in order:
-            log(f"round {round_index + 1}/{args.rounds}: {loss}")
-            runs[loss].append(spawn(loss, args))
+    runs = run_rounds(variants, args)
     cuda = args.device == "cuda"
-    gpu = runs["sft"][0].get("gpu")
+    gpu = next(iter(runs.values()))[0].get("gpu")
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
         (v for k, v in PEAK_BF16.items() if gpu and k in gpu), None)
-    table = [summarise(loss, runs[loss], peak, cuda) for loss in LOSSES]
-    base = table[0]["median_step_s"]
-    for row in table:
-        row["overhead_vs_sft"] = row["median_step_s"] / base - 1
-        row["pass"] = row["loss"] == "sft" or row["overhead_vs_sft"] <= TARGET_OVERHEAD
-    size = SIZES[args.size]
-    print(f"trainer step, {args.size} model ({runs['sft'][0]['params'] / 1e6:.1f}M parameters, "
-          f"random init) on {gpu or 'CPU'}: {args.examples or size['examples']} examples x "
-          f"{args.tokens or size['tokens']} tokens per step, {args.steps} measured steps x "
-          f"{args.rounds} rounds per loss")
-    print(format_table(
-        ["loss", "steps", "median s", "min s", "max s", "tokens/s", "MFU", "peak memory MiB",
-         "overhead vs sft", "target <= 5%"],
-        [[r["loss"], str(r["steps"]), f"{r['median_step_s']:.3f}", f"{r['min_step_s']:.3f}",
-          f"{r['max_step_s']:.3f}", f"{r['tokens_per_s']:.0f}",
-          f"{r['mfu']:.1%}" if r["mfu"] is not None else "-",
-          f"{r['peak_memory_bytes'] / 2**20:.0f}", f"{r['overhead_vs_sft']:+.1%}",
-          "-" if r["loss"] == "sft" else verdict(r["pass"])] for r in table]))
-    print(f"peak memory: {table[0]['peak_memory_kind']}; load average (1 min) at start "
-          f"{info['load_average_at_start'][0]:.2f}, at end {os.getloadavg()[0]:.2f}")
+    table = [summarise(v, runs[v], peak, cuda) for v in variants]
+    peer = judge(table)
+    report(table, peer, args, runs, gpu)
     info["load_average_at_end"] = list(os.getloadavg())
+    print(f"load average (1 min) at start {info['load_average_at_start'][0]:.2f}, at end "
+          f"{info['load_average_at_end'][0]:.2f}")
     out = args.out or RESULTS / f"trainer_step_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "benchmark": "trainer_step", "machine": info, "gpu": gpu, "peak_flops": peak,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                     if k != "worker"} | {"model": size["model"]},
-        "total_seconds": time.perf_counter() - started, "results": table,
+                     if k != "worker"} | {"model": SIZES[args.size]["model"]},
+        "total_seconds": time.perf_counter() - started, "results": table, "peer": peer,
         "runs": runs, "target_overhead": TARGET_OVERHEAD,
-        "pass": all(r["pass"] for r in table)}, indent=2) + "\n", encoding="utf-8")
+        "pass": all(r["pass"] for r in table) and peer.get("pass", True)}, indent=2) + "\n",
+        encoding="utf-8")
     print(f"json: {out}")
     return 0
 

@@ -2,12 +2,15 @@
 
 Each field's description is its documentation and the help of its flag in ``mindgap train``
 (and ``python -m mindgap.trainer``, the same command): ``--max-steps`` for ``max_steps``, and
-so on. This module imports pydantic only, so the command line can be built without torch.
+so on; a YAML file (``--config``) can set every field, under the same names. This module
+imports pydantic (and, to read or write a file, yaml) only, so the command line can be built
+without torch.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,6 +18,16 @@ from mindgap.config import QueueSettings
 
 LossKind = Literal["sft", "dft", "is"]
 """The token-level losses of DESIGN.md."""
+Reporter = Literal["jsonl", "tensorboard", "wandb"]
+"""Where metrics can go (``mindgap.trainer.reporting``)."""
+
+
+def _split_list(value: object) -> object:
+    """One string or a list of strings, each possibly comma-separated -> a flat list."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
 
 
 class TrainConfig(BaseModel):
@@ -25,7 +38,8 @@ class TrainConfig(BaseModel):
     # --- data ---------------------------------------------------------------------------
     data: list[str] = Field(default_factory=list, description="Aligned examples: JSON lines "
                             "(.jsonl) or Parquet (.parquet) files of AlignedExample, as written "
-                            "by `mindgap rewrite` (repeat the flag for several; or use redis).")
+                            "by `mindgap rewrite`; several paths after one flag (--data a b), "
+                            "the flag repeated, or a comma-separated list; or use redis.")
     redis: str | None = Field(default=None, description="Train on the live stream instead of "
                               "files: the Redis URL of the queue (redis://host:6379/0); examples "
                               "of the stream <redis_prefix>:aligned, read as consumer group "
@@ -64,11 +78,24 @@ class TrainConfig(BaseModel):
                                          "the backward pass (less memory, about a third more "
                                          "compute).")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="Compute precision: 'auto' (bf16 autocast on GPU, fp32 on "
-        "CPU), 'float32' or 'bfloat16' (autocast). Weights and optimizer states are always "
-        "kept in fp32.")
+        default="auto", description="Training precision: 'auto' (bfloat16 on GPU, float32 on "
+        "CPU), 'float32' or 'bfloat16' (bf16 autocast). Master weights and optimizer states "
+        "are fp32 in memory; checkpoints store the weights in this dtype (with bfloat16, the "
+        "fp32 master weights go to the optimizer's file, so a resume is exact).")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="'auto' "
                         "(cuda:LOCAL_RANK if CUDA is available, else cpu), 'cpu' or 'cuda'.")
+    lora_r: int = Field(default=0, ge=0, description="LoRA rank (through peft; 0: train "
+                        "every weight). Checkpoints then hold the adapter only.")
+    lora_alpha: float = Field(default=16.0, gt=0, description="LoRA alpha (the update is "
+                              "scaled by alpha / r).")
+    lora_targets: list[str] = Field(default_factory=lambda: ["all-linear"], description=""
+                                    "Modules that get adapters: names or suffixes "
+                                    "(q_proj,v_proj) or 'all-linear' (every linear layer "
+                                    "but the output head).")
+    lora_save: Literal["adapter", "merged"] = Field(
+        default="adapter", description="With LoRA, what OUT/final holds: 'adapter' (a link "
+        "to the last checkpoint's adapter folder, loadable with peft) or 'merged' (the base "
+        "model with the adapter merged in, a plain save_pretrained folder).")
     # --- loss ---------------------------------------------------------------------------
     loss: LossKind = Field(default="is", description="Loss per response token (DESIGN.md): "
                            "'sft' (-log p), 'dft' (-sg(p) log p) or 'is' (-min(sg(p/q), C) "
@@ -77,7 +104,7 @@ class TrainConfig(BaseModel):
                               "ratio p/q of the 'is' loss.")
     # --- optimisation -------------------------------------------------------------------
     max_steps: int = Field(default=100, ge=1, description="Optimizer steps to run (the "
-                           "schedule's length).")
+                           "schedule's length; see reschedule for a resume that changes it).")
     global_batch: int = Field(default=32, ge=1, description="Examples per optimizer step, over "
                               "all ranks and micro-batches.")
     batch_tokens: int = Field(default=8192, ge=1, description="Most padded tokens per "
@@ -106,37 +133,72 @@ class TrainConfig(BaseModel):
         default="auto", description="With torchrun: 'fsdp' (FSDP2 fully_shard, also on CPU "
         "with gloo), 'allreduce' (replicated weights, gradients summed with all-reduce) or "
         "'auto' (fsdp).")
+    eval_data: list[str] = Field(default_factory=list, description="Held-out aligned "
+                                 "examples (JSONL/Parquet, like data) for eval_every.")
+    eval_every: int = Field(default=0, ge=0, description="Every this many steps (and at the "
+                            "last), log the held-out loss statistics of eval_data as eval/loss, "
+                            "eval/ce, ... (0: never).")
     # --- output, checkpoints ------------------------------------------------------------
     out: str = Field(default="runs/train", min_length=1, description="Output folder: "
-                     "metrics.jsonl, TensorBoard events, checkpoints/step-N/, final/ (a "
-                     "save_pretrained folder).")
+                     "config.yaml (the resolved config), metrics.jsonl, tb/, wandb/, "
+                     "checkpoints/step-N/, final/ (the last checkpoint's model folder).")
     save_every: int = Field(default=0, ge=0, description="Checkpoint every this many steps (0: "
                             "only at the end).")
-    keep_last: int = Field(default=2, ge=0, description="Checkpoints to keep (older ones are "
-                           "deleted; 0: keep all).")
-    save_final: bool = Field(default=True, description="Save the final model to OUT/final and "
-                             "a last checkpoint.")
+    save_total_limit: int = Field(default=2, ge=0, description="Checkpoints to keep (older "
+                                  "ones are deleted; 0: keep all).")
+    save_final: bool = Field(default=True, description="At the end, write a last checkpoint "
+                             "and OUT/final: a link to its model folder (the weights are "
+                             "stored once).")
+    final_copy: bool = Field(default=False, description="Make OUT/final a copy of the last "
+                             "checkpoint's model folder instead of a link (a second copy of "
+                             "the weights on disk).")
     resume: str | None = Field(default=None, min_length=1, description="'latest': continue "
                                "from the newest checkpoint in OUT (start afresh if there is "
                                "none); a path: from that checkpoint. The model, optimizer, "
                                "schedule, RNG states and data position are restored, so the "
                                "run continues exactly.")
+    reschedule: bool = Field(default=False, description="Resuming with other schedule "
+                             "settings (max_steps, lr, warm-up, min_lr_ratio) than the "
+                             "checkpoint's: rebuild the schedule for the new settings from the "
+                             "checkpoint's step (logged). Without it such a resume is refused.")
     stop_after: int | None = Field(default=None, ge=1, description="Stop (with a checkpoint) "
                                    "after this step although max_steps is larger, as a "
                                    "preemption would; resume later.")
     # --- logging ------------------------------------------------------------------------
     log_every: int = Field(default=1, ge=1, description="Write metrics every this many steps.")
-    tensorboard: bool = Field(default=True, description="Write TensorBoard events to OUT/tb "
-                              "when tensorboard is installed (silently skipped otherwise).")
+    report_to: list[str] = Field(
+        default_factory=lambda: ["jsonl"], description="Where metrics go, comma-separated or "
+        "repeated: 'jsonl' (OUT/metrics.jsonl), 'tensorboard' (OUT/tb), 'wandb' (OUT/wandb; "
+        "WANDB_MODE=offline works without an account); 'none' for nothing. TensorBoard and "
+        "wandb need the extra mindgap[report]: asking for one not installed is an error.")
+    wandb_project: str = Field(default="mindgap", min_length=1, description="With wandb: "
+                               "the project (the run is named after OUT).")
     progress: bool = Field(default=True, description="Show a tqdm progress bar (rank 0).")
     log_example_ids: bool = Field(default=False, description="Record the ids of the examples "
                                   "of each step in the metrics (rank 0's share with several "
                                   "ranks), to audit the data order.")
 
-    @field_validator("data", mode="before")
+    @field_validator("data", "eval_data", mode="before")
     @classmethod
-    def _one_path_is_a_list(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
+    def _data_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("lora_targets", mode="before")
+    @classmethod
+    def _targets_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _reporters(cls, value: object) -> object:
+        names = _split_list(value)
+        if not isinstance(names, list):
+            return names
+        unknown = sorted(set(names) - {*get_args(Reporter), "none"})
+        if unknown:
+            raise ValueError(f"unknown reporter {unknown[0]!r}: expected some of "
+                             f"{', '.join(get_args(Reporter))} (or none)")
+        return list(dict.fromkeys(n for n in names if n != "none"))
 
     @model_validator(mode="after")
     def _one_data_source(self) -> TrainConfig:
@@ -144,4 +206,38 @@ class TrainConfig(BaseModel):
             raise ValueError("give either data (files) or redis (the live stream), not both")
         if self.job is not None and not self.redis:
             raise ValueError("job needs redis")
+        if self.eval_every and not self.eval_data:
+            raise ValueError("eval_every needs eval_data")
         return self
+
+
+# --- config files ---------------------------------------------------------------------------
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The options of a YAML (or JSON) file: a mapping of field names (``max_steps`` or
+    ``max-steps``) to values; unknown names are rejected when the config is built."""
+    import yaml
+
+    loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
+    return {str(key).replace("-", "_"): value for key, value in loaded.items()}
+
+
+def merge_config(file_values: dict[str, Any], flags: TrainConfig, given: set[str],
+                 more_data: list[str]) -> TrainConfig:
+    """The config of a command: the file's options, overridden by the flags ``given`` on the
+    command line; ``more_data`` (positional paths) extends ``--data``."""
+    values = {**file_values, **{name: getattr(flags, name) for name in given}}
+    if more_data:
+        data = list(flags.data) if "data" in given else []
+        values["data"] = [*data, *more_data]
+    return TrainConfig.model_validate(values)
+
+
+def write_config(config: TrainConfig, path: str | Path) -> None:
+    """Save the resolved config as YAML (``mindgap train --config`` reads it back)."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+                          encoding="utf-8")

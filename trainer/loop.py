@@ -12,7 +12,8 @@ One optimizer step:
 3. gradients are summed over ranks (FSDP2 reduce-scatter with divide factor 1, or an
    all-reduce in ``allreduce`` mode), clipped, AdamW steps, the cosine schedule steps, and
    the stream commits the step's examples;
-4. metrics go to ``OUT/metrics.jsonl`` (rank 0), TensorBoard when installed, and a tqdm bar.
+4. metrics go to the reporters of ``report_to`` (``mindgap.trainer.reporting``; rank 0) and a
+   tqdm bar.
 
 Multi-process: launched by ``torchrun`` (the ``RANK``/``WORLD_SIZE`` variables are set), the
 loop initialises the process group (NCCL on GPU, gloo on CPU). The model is loaded in fp32 on
@@ -28,7 +29,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -41,7 +41,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mindgap.jsonl import numbered_lines
 from mindgap.schemas import SOURCES, AlignedExample
 from mindgap.trainer import checkpoint as ckpt
 from mindgap.trainer.collate import (
@@ -52,9 +51,11 @@ from mindgap.trainer.collate import (
     encode_example,
     micro_batches,
 )
-from mindgap.trainer.config import TrainConfig
+from mindgap.trainer.config import TrainConfig, write_config
 from mindgap.trainer.losses import LossStats, response_logprobs, token_loss
-from mindgap.trainer.sources import ExampleStream, FileStream
+from mindgap.trainer.reporting import Metrics, bar_postfix, check_reporters
+from mindgap.trainer.schedule import build_scheduler, restore_scheduler
+from mindgap.trainer.sources import ExampleStream, FileStream, read_examples
 
 log = logging.getLogger(__name__)
 
@@ -223,32 +224,16 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(params, **kwargs)
 
 
-def warmup_steps_of(config: TrainConfig) -> int:
-    return config.warmup_steps or math.ceil(config.warmup_ratio * config.max_steps)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer,
-                    config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 0, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
-    warmup, total, floor = warmup_steps_of(config), config.max_steps, config.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def training_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """``config.dtype`` resolved: 'auto' is bfloat16 on GPU, float32 elsewhere."""
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> Any:
-    dtype = config.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" else "float32"
-    if dtype == "float32":
+    if training_dtype(config, device) == torch.float32:
         return nullcontext()
-    if dtype != "bfloat16":
-        raise ValueError(f"dtype must be auto, float32 or bfloat16, not {config.dtype!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
@@ -287,44 +272,6 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, examples: Sequence[AlignedE
         stats = stats + LossStats(s.sums.cpu(), s.maxes.cpu())
     model.train(was_training)
     return stats.summary()
-
-
-# --- metrics ------------------------------------------------------------------------------
-
-class _Metrics:
-    """``OUT/metrics.jsonl`` and, when installed, TensorBoard events (rank 0 only)."""
-
-    def __init__(self, config: TrainConfig, is_main: bool, start_step: int) -> None:
-        self.enabled = is_main
-        self.path = Path(config.out) / "metrics.jsonl"
-        self.tb = None
-        if not is_main:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # a resumed run rewrites the steps after its checkpoint
-            kept = [raw for _, raw in numbered_lines(self.path, complete_only=True)
-                    if json.loads(raw).get("step", 0) <= start_step]
-            self.path.write_bytes(b"".join(kept))
-        if config.tensorboard:
-            try:  # optional (not in mindgap[train]): skipped when not installed
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                return
-            self.tb = SummaryWriter(str(Path(config.out) / "tb"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.tb.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 # --- the loop -----------------------------------------------------------------------------
@@ -374,6 +321,7 @@ class _Run:
         default_factory=lambda: {"examples": 0, "tokens": 0, "response_tokens": 0})
     last: dict[str, Any] = field(default_factory=dict)  # the last step's metrics
     last_ckpt: Path | None = None
+    sizes: dict[str, float] = field(default_factory=dict)  # of the last checkpoint
     saved_at: int = -1  # the step of the last checkpoint
 
 
@@ -413,9 +361,10 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
            tokenizer: Any | None, stream: ExampleStream | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(config.out)
+    check_reporters(config.report_to)  # before anything slow: a missing one is an error
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(config.model_dump_json(indent=2))
+        write_config(config, out / "config.yaml")
     _seed_everything(config.seed + ctx.rank)
     run = _setup(config, ctx, model, tokenizer, stream)
     _run_steps(run)
@@ -425,6 +374,7 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
         "elapsed_s": time.perf_counter() - t_start, "last": run.last,
         "checkpoint": str(run.last_ckpt) if run.last_ckpt else None,
         "final_model": str(final_path) if final_path else None,
+        "checkpoint_sizes": run.sizes,
         "world_size": ctx.world_size, "dist_mode": run.mode,
         "source_state": run.stream.state(),
     }
@@ -445,14 +395,17 @@ def _setup(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
     model, tokenizer = _prepare_model(config, ctx, model, tokenizer, resume_from)
     mode = _distribute(model, config, ctx)
     optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)  # before the optimizer's state: its keys
+    state = None if resume_from is None else ckpt.restore_checkpoint(
+        resume_from, model=model, optimizer=optimizer, rank=ctx.rank)
+    step = 0 if state is None else int(state["step"])
+    if state is not None:
+        restore_scheduler(scheduler, config, state, step)
     run = _Run(config=config, ctx=ctx, model=model, tokenizer=tokenizer,
-               pad_id=pad_id_of(tokenizer), optimizer=optimizer,
-               scheduler=build_scheduler(optimizer, config),
-               stream=stream if stream is not None else build_stream(config, ctx), mode=mode)
-    if resume_from is not None:
-        state = ckpt.restore_checkpoint(resume_from, model=model, optimizer=optimizer,
-                                        scheduler=run.scheduler, rank=ctx.rank)
-        run.step = run.start_step = int(state["step"])
+               pad_id=pad_id_of(tokenizer), optimizer=optimizer, scheduler=scheduler,
+               stream=stream if stream is not None else build_stream(config, ctx), mode=mode,
+               step=step, start_step=step)
+    if state is not None:
         run.stream.load_state(state["source"])
         log.info("resumed from %s at step %d", resume_from, run.step)
     return run
@@ -472,23 +425,30 @@ def _resume_path(config: TrainConfig) -> Path | None:
 
 def _prepare_model(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
                    tokenizer: Any | None, resume_from: Path | None) -> tuple[torch.nn.Module, Any]:
-    """The model on the device (with the checkpoint's weights when resuming), in training
-    mode, and its tokenizer."""
-    weights = str(resume_from / "model") if resume_from is not None else config.model
+    """The model on the device (with the checkpoint's weights, or adapters with LoRA, when
+    resuming), in training mode, and its tokenizer."""
+    full_resume = resume_from if config.lora_r == 0 else None  # LoRA: the base is config.model
+    weights = str(full_resume / "model") if full_resume is not None else config.model
     if model is None:
         if not weights:
             raise ValueError("no model: set config.model to a folder or hub name")
         model = load_model(weights, ctx.device)
     else:
         model = model.to(ctx.device)
-        if resume_from is not None:
+        if full_resume is not None:
             model.load_state_dict(load_model(weights).state_dict())
+    if full_resume is not None:
+        ckpt.load_master_weights(full_resume, model)
     if tokenizer is None:
         tokenizer = load_tokenizer(config.tokenizer or config.model or weights)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
+    if config.lora_r > 0:
+        from mindgap.trainer.lora import add_adapters
+
+        model = add_adapters(model, config, resume_from)
     model.train()
     return model, tokenizer
 
@@ -510,10 +470,11 @@ def _distribute(model: torch.nn.Module, config: TrainConfig, ctx: DistContext) -
 def _run_steps(run: _Run) -> None:
     """Optimizer steps until ``max_steps``, the end of the data, a signal or ``stop_after``
     (``run.stopped`` says which)."""
-    metrics = _Metrics(run.config, run.ctx.is_main, run.start_step)
+    metrics = Metrics(run.config, run.ctx.is_main, run.start_step)
     stop = _StopFlag()
     stop.install()
     bar = _progress_bar(run)
+    held_out = read_examples(run.config.eval_data) if run.config.eval_every else []
     empty_streak = 0
     try:
         while run.step < run.config.max_steps:
@@ -532,6 +493,7 @@ def _run_steps(run: _Run) -> None:
             empty_streak = 0
             record = _step(run, batch, stop, t0)
             _log_step(run, record, metrics, bar)
+            _evaluate_if_due(run, held_out, metrics)
             if _checkpoint_if_due(run, stop):
                 break
     finally:
@@ -539,6 +501,16 @@ def _run_steps(run: _Run) -> None:
         if bar is not None:
             bar.close()
         metrics.close()
+
+
+def _evaluate_if_due(run: _Run, held_out: list[AlignedExample], metrics: Metrics) -> None:
+    """Every ``eval_every`` steps and at ``max_steps``: the held-out loss statistics, written
+    as ``eval/<name>`` (every rank evaluates the whole set: the same collectives under FSDP)."""
+    every = run.config.eval_every
+    if not every or not (run.step % every == 0 or run.step == run.config.max_steps):
+        return
+    stats = evaluate(run.model, run.tokenizer, held_out, run.config)
+    metrics.write({"step": run.step, **{f"eval/{k}": v for k, v in stats.items()}})
 
 
 def _progress_bar(run: _Run) -> Any:
@@ -645,7 +617,7 @@ def _record(run: _Run, batch: _Batch, stats: LossStats, grad_norm: torch.Tensor,
     return record
 
 
-def _log_step(run: _Run, record: dict[str, Any], metrics: _Metrics, bar: Any) -> None:
+def _log_step(run: _Run, record: dict[str, Any], metrics: Metrics, bar: Any) -> None:
     """Count the step in the totals; write it (every ``log_every`` steps and the last one);
     show it on the progress bar."""
     run.totals["examples"] += record["examples"]
@@ -656,12 +628,7 @@ def _log_step(run: _Run, record: dict[str, Any], metrics: _Metrics, bar: Any) ->
         metrics.write(record)
     if bar is not None:
         bar.update(1)
-        bar.set_postfix({
-            "loss": f"{record['loss']:.4f}", "ce": f"{record['ce']:.4f}",
-            "w": f"{record['w_mean']:.3f}/{record['w_max']:.2f}",
-            "ess": f"{record['ess_frac']:.2f}", "gn": f"{record['grad_norm']:.3f}",
-            "lr": f"{record['lr']:.2e}", "tok/s": f"{record['tokens_per_s']:.0f}",
-            "s/g/e": "/".join(str(record[f"examples_{s}"]) for s in SOURCES)})
+        bar.set_postfix(bar_postfix(record))
 
 
 # --- checkpoints --------------------------------------------------------------------------
@@ -690,12 +657,20 @@ def _finish(run: _Run) -> Path | None:
     if run.saved_at != run.step:
         _save(run)
     final_path = Path(config.out) / "final"
-    if ctx.is_main and run.last_ckpt is not None:  # the checkpoint's weights, as a plain folder
-        if final_path.exists():
-            shutil.rmtree(final_path)
-        shutil.copytree(run.last_ckpt / "model", final_path)
+    if ctx.is_main and run.last_ckpt is not None:
+        if config.lora_r > 0 and config.lora_save == "merged":
+            from mindgap.trainer.lora import save_merged
+
+            save_merged(run.model, final_path, run.tokenizer)
+        else:
+            ckpt.publish_final(run.last_ckpt / "model", final_path, copy=config.final_copy)
     ctx.barrier()
     return final_path
+
+
+def _num_params(model: torch.nn.Module) -> int:
+    """Parameters of the model (all of them, trainable or not; tied ones once)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def _save(run: _Run) -> None:
@@ -704,8 +679,12 @@ def _save(run: _Run) -> None:
     run.last_ckpt = ckpt.save_checkpoint(
         config.out, run.step, model=run.model, optimizer=run.optimizer,
         scheduler=run.scheduler, tokenizer=run.tokenizer, rank=ctx.rank,
-        keep_last=config.keep_last, barrier=ctx.barrier,
+        save_total_limit=config.save_total_limit, barrier=ctx.barrier,
+        weights_dtype=torch.float32 if config.lora_r > 0 else training_dtype(config, ctx.device),
         trainer_state={"source": run.stream.state(), "config": config.model_dump(),
                        "metrics": run.last, "world_size": ctx.world_size})
     run.saved_at = run.step
+    if ctx.is_main:
+        run.sizes = ckpt.checkpoint_sizes(run.last_ckpt, _num_params(run.model))
+        log.info(ckpt.size_line(run.last_ckpt, run.sizes))
     run.stream.settle()

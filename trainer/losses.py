@@ -106,7 +106,8 @@ class LossStats:
 
     def summary(self) -> dict[str, float]:
         """Plain numbers: ``loss`` and ``ce`` (token means), the weights' ``w_mean``, ``w_max``,
-        ``w_var``, ``ess`` = ``(sum w)^2 / sum w^2`` and ``ess_frac`` = ``ess / tokens``; the
+        ``w_var``, ``ess_tokens`` = ``(sum w)^2 / sum w^2`` (the effective sample size, in tokens)
+        and ``ess_frac`` = ``ess_tokens / tokens`` (a fraction, 0..1); the
         same per source with prefixes ``self/``, ``guided/``, ``expert/`` (groups with no token
         are left out)."""
         sums = self.sums.detach().cpu().tolist()
@@ -128,7 +129,7 @@ class LossStats:
                 f"{prefix}w_mean": mean,
                 f"{prefix}w_max": maxes[i],
                 f"{prefix}w_var": max(w2 / n - mean * mean, 0.0),
-                f"{prefix}ess": ess,
+                f"{prefix}ess_tokens": ess,
                 f"{prefix}ess_frac": ess / n,
             })
         return out

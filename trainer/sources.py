@@ -71,6 +71,12 @@ def _read_records(path: Path) -> list[str]:
     return [raw.decode("utf-8") for _, raw in numbered_lines(path)]
 
 
+def read_examples(paths: Sequence[str | Path]) -> list[AlignedExample]:
+    """Every aligned example of JSON lines or Parquet files, in order."""
+    return [AlignedExample.model_validate_json(raw) for p in paths
+            for raw in _read_records(Path(p))]
+
+
 class FileStream(ExampleStream):
     """Aligned examples from JSON lines (``.jsonl``) or Parquet (``.parquet``) files.
 

@@ -93,20 +93,21 @@ def test_killed_run_resumes_exactly(setup, whole_run):
     whole = whole_run  # TRAIN_ARGS are _config's defaults
     out = base / "killed"
     cmd = [sys.executable, "-m", "mindgap.trainer", "--data", str(data), "--model", str(model),
-           "--out", str(out), "--save-every", "1", "--keep-last", "2", *TRAIN_ARGS]
+           "--out", str(out), "--save-every", "1", "--save-total-limit", "2", *TRAIN_ARGS]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     kill_when(proc, (out / "checkpoints" / "step-00000002").exists)
     if (out / "final").exists():
         pytest.skip("the run finished before the kill landed (machine too fast)")
     result = _cli(["--data", str(data), "--model", str(model), "--out", str(out),
-                   "--save-every", "1", "--keep-last", "2", "--resume", "latest", *TRAIN_ARGS])
+                   "--save-every", "1", "--save-total-limit", "2", "--resume", "latest",
+                   *TRAIN_ARGS])
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert 2 <= summary["start_step"] < 6 and summary["steps"] == 6
     assert max_diff(weights(whole / "final"), weights(out / "final")) == 0.0
     assert [s["example_ids"] for s in steps(out)] == [s["example_ids"]
                                                        for s in steps(whole)]
-    assert len(list((out / "checkpoints").iterdir())) == 2  # keep_last
+    assert len(list((out / "checkpoints").iterdir())) == 2  # save_total_limit
 
 
 @pytest.mark.parametrize("mode", ["fsdp", pytest.param("allreduce", marks=pytest.mark.slow)])
@@ -172,7 +173,7 @@ def test_smollm2_smoke_lowers_the_loss(tmp_path):
         model.load_state_dict(initial)
         config = TrainConfig(model=path, out=str(tmp_path / kind), loss=kind, max_steps=3,
                              global_batch=8, batch_tokens=512, lr=1e-4, progress=False,
-                             save_final=False, tensorboard=False)
+                             save_final=False)
         t0 = time.perf_counter()
         summary = train(config, model=model, tokenizer=tok,
                         stream=FileStream.from_examples(examples, seed=0))

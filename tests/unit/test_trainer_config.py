@@ -7,12 +7,13 @@ import math
 
 import pytest
 import torch
+import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from mindgap.trainer.__main__ import app
-from mindgap.trainer.config import TrainConfig
-from mindgap.trainer.loop import build_scheduler
+from mindgap.trainer.config import TrainConfig, write_config
+from mindgap.trainer.schedule import build_scheduler
 
 
 def _parse(argv: list[str]) -> TrainConfig:
@@ -78,3 +79,69 @@ def test_warmup_then_cosine():
     assert lrs[3] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 8)))
     assert all(a >= b for a, b in itertools.pairwise(lrs[2:]))
     assert sched.get_last_lr()[0] == pytest.approx(0.1)  # the floor at max_steps
+
+
+def test_data_takes_several_paths_after_one_flag():
+    assert _parse(["--data", "a.jsonl", "b.parquet", "--model", "m"]).data == \
+        ["a.jsonl", "b.parquet"]
+    assert _parse(["--data", "a", "b", "--max-steps", "3", "--data", "c"]).data == \
+        ["a", "c", "b"]
+    assert _parse(["--data", "a,b"]).data == ["a", "b"]
+
+
+def test_a_config_file_sets_every_option_and_flags_override_it(tmp_path):
+    values = {"data": ["x.jsonl", "y.jsonl"], "max-steps": 7, "lr": 3e-4, "loss": "dft",
+              "report_to": "jsonl", "shuffle": False, "save_total_limit": 5}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(values))
+    config = _parse(["--config", str(path), "--lr", "1e-3", "--shuffle"])
+    assert (config.data, config.max_steps, config.loss, config.save_total_limit) == \
+        (["x.jsonl", "y.jsonl"], 7, "dft", 5)
+    assert config.lr == 1e-3 and config.shuffle is True  # flags given win
+    assert _parse(["--config", str(path), "--data", "z"]).data == ["z"]
+    every = TrainConfig(data=["d", "e"], model="m", tokenizer="t", max_steps=9, seed=3,
+                        report_to="jsonl,tensorboard", dtype="bfloat16", resume="latest",
+                        reschedule=True, final_copy=True, stop_after=4, epochs=2)
+    write_config(every, tmp_path / "all.yaml")
+    assert _parse(["--config", str(tmp_path / "all.yaml")]) == every
+    path.write_text("max_steps: 0\n")
+    result = CliRunner().invoke(app, ["--config", str(path), "--data", "a"])
+    assert result.exit_code == 2 and "run.yaml: max_steps: Input should be greater" in \
+        result.output
+    path.write_text("nope: 1\n")
+    assert "nope: Extra inputs are not permitted" in CliRunner().invoke(
+        app, ["--config", str(path), "--data", "a"]).output
+
+
+def test_reporters_are_checked_by_name():
+    assert TrainConfig(report_to="tensorboard, wandb,jsonl,wandb").report_to == \
+        ["tensorboard", "wandb", "jsonl"]
+    assert TrainConfig(report_to=["none"]).report_to == []
+    with pytest.raises(ValidationError, match="unknown reporter 'mlflow'"):
+        TrainConfig(report_to="jsonl,mlflow")
+
+
+def test_help_shows_every_option_with_its_default():
+    text = CliRunner().invoke(app, ["--help"], terminal_width=400,
+                              env={"COLUMNS": "400"}).output
+    for name, info in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in text, flag
+        default = info.get_default(call_default_factory=True)
+        if default not in (None, "", []) and not isinstance(default, bool):
+            assert f"[default: {default}]" in text or f"[default: {default!r}]" in text \
+                or f"[default: {', '.join(default) if isinstance(default, list) else default}]"\
+                in text, (flag, default)
+    assert "--config" in text and "DATA" in text.upper()
+
+
+def test_the_progress_bar_uses_the_metrics_names_and_units():
+    from mindgap.trainer.reporting import bar_postfix
+
+    record = {"loss": 1.5, "ce": 2.0, "w_mean": 0.5, "w_max": 3.0, "ess_frac": 0.25,
+              "ess_tokens": 12.0, "grad_norm": 0.7, "lr": 1e-5, "tokens_per_s": 900.0,
+              "examples_self": 2, "examples_guided": 3, "examples_expert": 1}
+    shown = bar_postfix(record)
+    assert shown.pop("self/guided/expert") == "2/3/1"
+    assert set(shown) <= set(record) and "ess_tokens" not in shown
+    assert shown["ess_frac"] == "0.25"  # a fraction, as in metrics.jsonl

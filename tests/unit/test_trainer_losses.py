@@ -221,8 +221,8 @@ def test_stats_by_hand():
     assert s["w_mean"] == pytest.approx(sum(w) / 5)
     assert s["w_max"] == pytest.approx(0.8)
     assert s["w_var"] == pytest.approx(sum(x * x for x in w) / 5 - (sum(w) / 5) ** 2)
-    assert s["ess"] == pytest.approx(sum(w) ** 2 / sum(x * x for x in w))
-    assert s["ess_frac"] == pytest.approx(s["ess"] / 5)
+    assert s["ess_tokens"] == pytest.approx(sum(w) ** 2 / sum(x * x for x in w))
+    assert s["ess_frac"] == pytest.approx(s["ess_tokens"] / 5)
     assert s["ce"] == pytest.approx(-sum(math.log(x) for x in [0.5, 0.25, 0.8, 0.5, 0.5]) / 5)
     assert s["self/tokens"] == 2 and s["expert/tokens"] == 3
     assert "guided/tokens" not in s
