@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from mindgap.schemas import VerifyReason, VerifyResult
-from mindgap.verifier.equivalence import answers_equal
-from mindgap.verifier.extract import extract_answer, reference_answer
+from mindgap.verifier.equivalence import compare
+from mindgap.verifier.extract import extract_answer, reference_extraction
 from mindgap.verifier.normalize import brace_depth
 
 MAX_ANSWER_CHARS = 1000
@@ -32,7 +32,8 @@ def check(response: str, reference: str) -> VerifyResult:
     if len(reference) > MAX_REFERENCE_CHARS:
         return result(VerifyReason.too_long, None, reference[:200] + "...",
                       detail=f"reference longer than {MAX_REFERENCE_CHARS} characters")
-    ref, _ = reference_answer(reference)
+    stated = reference_extraction(reference)
+    ref = stated.answer or ""
     found = extract_answer(response)
     if found.answer is None:
         return result(VerifyReason.no_answer, None, ref, found.truncated)
@@ -43,9 +44,10 @@ def check(response: str, reference: str) -> VerifyResult:
         return result(VerifyReason.parse_error, found.answer[:200], ref[:200], found.truncated,
                       detail=f"brackets nested deeper than {MAX_NESTING}")
     try:
-        equal = answers_equal(found.answer, ref)
+        verdict = compare(found.answer, ref, found.parts, stated.parts)
     except (RecursionError, MemoryError, ValueError, TypeError, ArithmeticError) as exc:
         return result(VerifyReason.parse_error, found.answer, ref, found.truncated,
                       detail=f"{type(exc).__name__}: {exc}"[:300])
-    reason = VerifyReason.equal if equal else VerifyReason.not_equal
-    return result(reason, found.answer, ref, found.truncated)
+    reason = VerifyReason.equal if verdict.equal else VerifyReason.not_equal
+    return result(reason, found.answer, ref, found.truncated,
+                  detail=f"{found.method}; {verdict.rule}")

@@ -10,6 +10,14 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+_RELATIONS = {">=": "\\geq ", "≥": "\\geq ", "\\ge": "\\geq ", "\\geq": "\\geq ",
+              "\\geqslant": "\\geq ", "<=": "\\leq ", "≤": "\\leq ", "\\le": "\\leq ",
+              "\\leq": "\\leq ", "\\leqslant": "\\leq ", "!=": "\\neq ", "≠": "\\neq ",
+              "\\ne": "\\neq ", "\\neq": "\\neq ", "\\gt": ">", "\\lt": "<"}
+"""Every spelling of a relation, to one LaTeX form: ``>=``/``\\ge``/``≥`` are ``\\geq``."""
+_RELATION = re.compile(r">=|<=|!=|[≥≤≠]|\\(?:geqslant|leqslant|geq?|leq?|neq?|gt|lt)(?![a-zA-Z])")
+_LATEX_COMMA = re.compile(r"\{,\}\s*|,\\!\s*")
+"""``1{,}000`` and ``10,\\!080``: a comma as LaTeX writes it between digits."""
 _WRAPPERS = re.compile(r"^\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{(.*)\}$", re.DOTALL)
 _SPACING = re.compile(r"\\[,;:! ]|\\q?quad|~")
 _DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°|\\degree")
@@ -17,7 +25,20 @@ _PERCENT = re.compile(r"\\?%$")
 _CURRENCY = re.compile(r"^\\?\$|^\\\$")
 _TRAILING_UNIT = re.compile(r"\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}$")
 _EQ_LHS = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!.*=)")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+"""A number with thousands separators: a leading group (no leading zero), then groups of
+exactly three digits, no spaces."""
+_DECIMAL_COMMA = re.compile(r"^([+-]?\d+),(\d+)$")
+"""``3,25``: one comma between digits (read as a decimal point only where it is not a
+thousands separator, see ``decimal_comma_value``)."""
+_NUMBER_LABEL = re.compile(
+    r"^([+-]?(?:\d[\d,]*\.?\d*|\.\d+))\s*"
+    r"(?:\(\s*([A-Za-z][A-Za-z ]*)\)|([A-Za-z]{2,}(?: [A-Za-z]+)*))$"
+)
+"""A number followed by a plain-word unit or label: ``16 oranges``, ``9 (apples)``."""
+_MATH_WORDS = frozenset({"pi", "sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln",
+                         "exp", "arcsin", "arccos", "arctan", "mod", "or", "and", "times", "cdot"})
+"""Words after a number that are mathematics, not a unit (``2 pi`` is not ``2``)."""
 _NUM = r"(?:\d+\.?\d*|\.\d+)"
 """An unsigned integer or decimal: ``3``, ``3.``, ``3.25``, ``.25``."""
 _DECIMAL = re.compile(rf"^[+-]?{_NUM}$")
@@ -35,9 +56,15 @@ MAX_DIGITS = 400
 """Numbers with more digits than this are not read (they go to Math-Verify's slow path)."""
 
 
+def canonical_relations(answer: str) -> str:
+    """``answer`` with every relation in one spelling (``y >= -1`` is ``y \\geq -1``)."""
+    return _RELATION.sub(lambda match: _RELATIONS[match.group(0)], answer)
+
+
 def strip_decorations(answer: str) -> str:
     """Drop formatting that never changes an answer's value: spacing, ``\\left``, ``$``, dots."""
-    s = answer.strip()
+    s = _LATEX_COMMA.sub(",", answer.strip())
+    s = canonical_relations(s)
     s = s.replace("\\left", "").replace("\\right", "").replace("\\displaystyle", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _SPACING.sub(" ", s)
@@ -53,18 +80,50 @@ def strip_decorations(answer: str) -> str:
 
 def canonical_string(answer: str) -> str:
     """A string form for exact comparison: decorations, units, %, degrees, ``x =`` dropped."""
-    s = strip_decorations(answer)
-    s = _TRAILING_UNIT.sub("", s)
+    s = drop_label(_TRAILING_UNIT.sub("", strip_decorations(answer)))
     s = _DEGREES.sub("", s)
     s = _PERCENT.sub("", s)
     s = _CURRENCY.sub("", s)
     s = _EQ_LHS.sub("", s)
-    return s.replace(" ", "").replace("{,}", ",")
+    return s.replace(" ", "")
+
+
+def drop_label(answer: str) -> str:
+    """A number without the plain words after it (``16 oranges``, ``9 (apples)``)."""
+    match = _NUMBER_LABEL.match(answer)
+    if not match:
+        return answer
+    words = (match.group(2) or match.group(3)).lower().split()
+    return answer if any(word in _MATH_WORDS for word in words) else match.group(1)
+
+
+def is_thousands(answer: str) -> bool:
+    """Whether ``answer`` is one number written with thousands separators (``45,120``)."""
+    return bool(_THOUSANDS.match(strip_decorations(answer)))
+
+
+def decimal_comma_value(answer: str) -> Fraction | None:
+    """The value of a number written with a decimal comma (``3,25``, ``0,5``, ``2500,75``).
+
+    A comma is a decimal comma only where it cannot be a thousands separator: the digits
+    after it are not a group of three, or those before it are not a leading group (``0``,
+    four digits or more). ``1,000`` is a thousand, ``45, 120`` (a space) two numbers.
+    """
+    s = drop_label(strip_decorations(answer))
+    match = _DECIMAL_COMMA.match(s)
+    if not match or _THOUSANDS.match(s) or len(s) > MAX_DIGITS:
+        return None
+    whole, fraction = match.groups()
+    return Fraction(f"{whole}.{fraction}")
 
 
 def as_number(answer: str) -> Fraction | None:
     """The exact value of an integer, decimal, simple fraction or ``a \\times 10^k``, else None."""
-    s = canonical_string(answer)
+    return number_of_form(canonical_string(answer))
+
+
+def number_of_form(s: str) -> Fraction | None:
+    """``as_number`` of an answer already in its ``canonical_string`` form."""
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
     if len(s) > MAX_DIGITS:
