@@ -36,6 +36,7 @@ lint: setup
 ## Run the benchmarks one after another (each wants the machine to itself).
 bench: setup-full
 	$(PY) benchmarks/verifier_throughput.py
+	$(PY) benchmarks/verifier_agreement.py
 	$(PY) benchmarks/queue_throughput.py
 	$(PY) benchmarks/trainer_step.py
 	$(PY) benchmarks/rewrite_throughput.py

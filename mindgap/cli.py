@@ -177,7 +177,8 @@ def _engine(options: EngineOptions, seed: int) -> Engine:
         torch.set_num_threads(options.torch_threads())
     try:
         if options.engine == "openai":
-            return make_engine("openai", model, base_url=options.openai_url)
+            return make_engine("openai", model, base_url=options.openai_url,
+                               seeds=options.openai_seeds)
         if options.engine == "vllm":
             return make_engine("vllm", model, seed=seed)
         return make_engine(options.engine, model)
@@ -199,6 +200,9 @@ def rewrite(
         help="With --resume: continue even with other settings than --out was written "
              "with.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    samples_out: Annotated[Path | None, typer.Option(
+        help="Every sample with its verdict, reason, finish reason and token count (JSONL, "
+             "written after each round): the audit trail of what was kept and why.")] = None,
     plain_template: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="File with the plain prompt ({question}).")] = None,
     guided_template: Annotated[Path | None, typer.Option(
@@ -219,7 +223,7 @@ def rewrite(
               "model": engine.model or DEFAULT_MODEL, "threads": engine.torch_threads(),
               **options.model_dump()}
     problems = _rewrite_checks(source, out, config, resume=resume, overwrite=overwrite,
-                               force=force)
+                               force=force, samples_out=samples_out)
     try:
         templates = PromptTemplates.from_files(plain_template, guided_template)
     except TemplateError as exc:
@@ -234,7 +238,7 @@ def rewrite(
         summary = run_rewrite(
             problems, Aligner(generator, checker, options, templates), out,
             batch_size=batch_size, resume=resume, overwrite=overwrite, force=force,
-            config={**config, "model_name": generator.model_name})
+            config={**config, "model_name": generator.model_name}, samples_out=samples_out)
     finally:
         generator.close()
         checker.close()
@@ -242,7 +246,8 @@ def rewrite(
 
 
 def _rewrite_checks(source: DataOptions, out: Path, config: dict, *, resume: bool,
-                    overwrite: bool, force: bool) -> list:  # list[Problem]
+                    overwrite: bool, force: bool,
+                    samples_out: Path | None) -> list:  # list[Problem]
     """What can fail before the model loads: the output, the resume settings, the data."""
     from mindgap.rewriter.rewrite import (
         OutputExistsError,
@@ -253,7 +258,7 @@ def _rewrite_checks(source: DataOptions, out: Path, config: dict, *, resume: boo
     )
 
     try:
-        check_output(out, resume, overwrite)
+        check_output(out, resume, overwrite, samples_out)
         if resume:
             check_resume(out, config, force)
     except (OutputExistsError, ResumeMismatchError) as exc:
@@ -401,7 +406,7 @@ def _follow(client: httpx.Client, job_id: str, total: int) -> None:
 total=total, unit="problem", desc=f"job {job_id}", file=sys.stderr) as bar:
         while True:
             status = _check(client.get(f"/v1/jobs/{job_id}"))
-            settled = status["done"] + status["failed"] + status.get("skipped", 0)
+            settled = round(status["progress"] * status["total"], 2)  # in-batch work too
             bar.update(settled - bar.n)
             bar.set_postfix(ordered_dict={k: status["counts"].get(k, 0) for k in SOURCES})
             if status["status"] in FINISHED:
@@ -437,21 +442,56 @@ def results(
 
 @app.command()
 @command_options(config=TrainConfig)
-def train(config: TrainConfig) -> None:
+def train(
+    ctx: typer.Context,
+    config: TrainConfig,
+    paths: Annotated[list[str] | None, typer.Argument(
+        help="More data files, like --data (so `--data a.jsonl b.jsonl` takes both).",
+        show_default=False)] = None,
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", help="A YAML file of options under their field names (max_steps: 200); "
+        "flags given too override it. A run saves its resolved config as OUT/config.yaml, "
+        "which this reads back.", show_default=False)] = None,
+) -> None:
     """Fine-tune on aligned examples (files or the live Redis stream): sft, dft or is loss.
 
     Prints the summary as JSON (rank 0). For many processes:
     `torchrun --nproc_per_node N -m mindgap.trainer ...` (the same flags).
     """
+    from pydantic import ValidationError
+
+    from mindgap.jsonl import first_error
+    from mindgap.trainer.config import merge_config, read_config_file
+
+    given = {name for name in TrainConfig.model_fields
+             if (source := ctx.get_parameter_source(name)) and source.name == "COMMANDLINE"}
+    try:
+        file_values = read_config_file(config_file) if config_file else {}
+        config = merge_config(file_values, config, given, list(paths or []))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            field, message = first_error(exc)
+            fail(f"{config_file or 'options'}: {field}: {message.removeprefix('Value error, ')}")
+        fail(str(exc))
     if bool(config.data) == bool(config.redis):
-        fail("give --data FILE (repeatable) or --redis URL (the live stream), one of them")
+        fail("give --data FILE... or --redis URL (the live stream), one of them")
+    _train(config)
+
+
+def _train(config: TrainConfig) -> None:
+    """Run ``mindgap train``'s resolved config; print the summary (rank 0)."""
     from mindgap.rewriter.model_store import resolve_model
     from mindgap.trainer.loop import train as run_training
+    from mindgap.trainer.reporting import ReporterMissing
+    from mindgap.trainer.schedule import ScheduleChanged
 
     _log_to_stderr()
     if not config.model:
         config = config.model_copy(update={"model": resolve_model(None)})
-    summary = run_training(config)
+    try:
+        summary = run_training(config)
+    except (ReporterMissing, ScheduleChanged) as exc:
+        fail(str(exc))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(json.dumps(summary, default=str))
 

@@ -129,6 +129,17 @@ class RewriteOptions(BaseModel):
                               "reference without its final answer (off, as in the paper).")
     copy_min_chars: int = Field(default=60, ge=1, description="A guided response sharing a "
                                 "substring this long with the reference is a copy.")
+    reject_cut: bool = Field(default=True, description="Reject responses cut at --max-tokens "
+                             "(they end mid-thought, often looping after an early answer).")
+    reject_repetition: bool = Field(default=True, description="Reject degenerate repetition: "
+                                    "responses whose share of repeated 4-word n-grams is over "
+                                    "--repetition-max-share.")
+    repetition_max_share: float = Field(default=0.3, gt=0.0, lt=1.0, description="Most share "
+                                        "of a response's 4-word n-grams that may repeat an "
+                                        "earlier one.")
+    check_working: bool = Field(default=True, description="Reject guided responses whose shown "
+                                "working contradicts their answer: a wrong calculation, or an "
+                                "answer no shown calculation reaches.")
 
 
 class SamplingParams(BaseModel):
@@ -161,6 +172,29 @@ class Behavior(BaseModel):
         "was visible in the hint (False with hide_answer).")
 
 
+GateName = Literal["cut", "repetition", "copied", "no_working", "wrong_calculation",
+                   "answer_not_derived"]
+"""The quality gates (``mindgap.rewriter.gates``), in the order they run."""
+
+
+class GateCounts(BaseModel):
+    """Verified responses of one problem that a quality gate rejected, per gate."""
+
+    cut: int = Field(default=0, description="Cut at max_tokens.")
+    repetition: int = Field(default=0, description="Degenerate repetition.")
+    copied: int = Field(default=0, description="Guided: copies the reference verbatim.")
+    no_working: int = Field(default=0, description="Guided: no number before the answer "
+                            "(the answer alone, as read from the hint).")
+    wrong_calculation: int = Field(default=0, description="Guided: a shown calculation is "
+                                   "wrong.")
+    answer_not_derived: int = Field(default=0, description="Guided: no shown calculation "
+                                    "reaches the answer.")
+
+    def add(self, gate: GateName) -> None:
+        """Count one rejection by ``gate``."""
+        setattr(self, gate, getattr(self, gate) + 1)
+
+
 class AttemptCounts(BaseModel):
     """How much sampling a problem took."""
 
@@ -170,7 +204,9 @@ class AttemptCounts(BaseModel):
     guided_samples: int = 0
     guided_rounds: int = 0
     guided_correct: int = 0
-    guided_copies_rejected: int = 0
+    rejected: GateCounts = Field(default_factory=lambda: GateCounts(),
+                                 description="Verified responses not kept, by the quality "
+                                 "gate that rejected them.")
 
 
 class Timings(BaseModel):
@@ -194,3 +230,25 @@ class AlignedExample(BaseModel):
     behavior: Behavior | None = Field(description="None for expert fallbacks.")
     attempts: AttemptCounts
     timings: Timings
+
+
+SampleVerdict = Literal["kept", "correct", "rejected", "incorrect"]
+"""A sample's fate: the one kept, verified but not chosen, verified but failing a quality
+gate, or not verified correct."""
+
+
+class SampleRecord(BaseModel):
+    """One sampled response with its verdict: a line of ``rewrite --samples-out``."""
+
+    problem_id: str
+    prompt_kind: PromptKind
+    round: int = Field(description="1-based sampling round of this prompt kind.")
+    text: str
+    tokens: int = Field(description="Generated tokens.")
+    finish_reason: str = Field(description="`stop` (end of sequence) or `length` (cut at "
+                               "max_tokens).")
+    verdict: SampleVerdict
+    reason: str = Field(description="The verifier's reason (`equal`, `not_equal`, "
+                        "`no_answer`, ...) or, when rejected, the quality gate's name.")
+    extracted: str | None = Field(description="The final answer the verifier read.")
+    detail: str | None = Field(default=None, description="What the gate or verifier saw.")

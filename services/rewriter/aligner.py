@@ -12,11 +12,11 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from difflib import SequenceMatcher
 from typing import Protocol
 
 from mindgap.datasets import reference_answer
 from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.gates import rejection
 from mindgap.rewriter.prompts import PromptTemplates
 from mindgap.schemas import (
     AlignedExample,
@@ -25,6 +25,7 @@ from mindgap.schemas import (
     Problem,
     PromptKind,
     RewriteOptions,
+    SampleRecord,
     SamplingParams,
     Source,
     Timings,
@@ -43,6 +44,7 @@ class Verifier(Protocol):
 class _Candidate:
     sample: Sample
     kind: PromptKind
+    record: SampleRecord
 
 
 @dataclass
@@ -68,6 +70,9 @@ class AlignStats:
     generated_tokens: int = 0
     engine_calls: int = 0
     verifier_errors: Counter[str] = field(default_factory=Counter)
+    rejections: dict[PromptKind, Counter[str]] = field(
+        default_factory=lambda: {"plain": Counter(), "guided": Counter()})
+    """Samples not kept, per prompt kind, by the verifier's reason or the failed gate."""
 
 
 @dataclass(frozen=True)
@@ -84,19 +89,14 @@ class RoundDone:
     """Problems of the round still without one."""
 
 
-def longest_common_substring(a: str, b: str) -> int:
-    """Length of the longest string found in both ``a`` and ``b``."""
-    match = SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
-    return match.size
-
-
 class Aligner:
     """Turns problems into aligned examples with one engine and one verifier."""
 
     def __init__(self, engine: Engine, verifier: Verifier, config: RewriteOptions | None = None,
                  templates: PromptTemplates | None = None,
                  on_round: Callable[[RoundDone], None] | None = None,
-                 on_decided: Callable[[AlignedExample], None] | None = None) -> None:
+                 on_decided: Callable[[AlignedExample], None] | None = None,
+                 on_samples: Callable[[list[SampleRecord]], None] | None = None) -> None:
         self.engine = engine
         self.verifier = verifier
         self.config = config or RewriteOptions()
@@ -104,6 +104,8 @@ class Aligner:
         self.on_round = on_round
         self.on_decided = on_decided
         """Called with each problem's example as soon as it is final, mid-``align``."""
+        self.on_samples = on_samples
+        """Called after every round with its samples and their verdicts (the audit trail)."""
         self.stats = AlignStats()
         self._eos = [engine.eos_token_id] if engine.eos_token_id is not None else []
 
@@ -127,20 +129,25 @@ class Aligner:
             start = time.perf_counter()
             verdicts = iter(self.verifier.verify_batch(items))
             verify_s = (time.perf_counter() - start) / len(pending)
+            records: list[SampleRecord] = []
             for state, samples in zip(pending, outputs, strict=True):
                 state.timings.generate_s += generate_s
                 state.timings.verify_s += verify_s
-                self._record(state, kind, samples, [next(verdicts) for _ in samples])
+                records += self._record(state, kind, round_index + 1, samples,
+                                        [next(verdicts) for _ in samples])
             used += n
             round_index += 1
-            unsolved = [s for s in pending if not s.correct]
-            for state in pending:
-                if state.correct:  # rounds stop at the first correct one: final now
-                    self._decide(state)
+            solved = [s for s in pending if s.correct]  # rounds stop at the first correct one
+            for state in solved:
+                state.example = self._example(state)
+            if self.on_samples is not None:
+                self.on_samples(records)
+            for state in solved:
+                self._report(state)
             if self.on_round is not None:
-                self.on_round(RoundDone(kind, round_index, len(pending),
-                                        len(pending) - len(unsolved), len(unsolved)))
-            pending = unsolved
+                self.on_round(RoundDone(kind, round_index, len(pending), len(solved),
+                                        len(pending) - len(solved)))
+            pending = [s for s in pending if not s.correct]
 
     def _prompt(self, state: _State, kind: PromptKind) -> str:
         problem = state.problem
@@ -149,8 +156,9 @@ class Aligner:
         return self.engine.render_chat(self.templates.guided_prompt(
             problem.question, problem.solution, hide_answer=self.config.hide_answer))
 
-    def _record(self, state: _State, kind: PromptKind, samples: list[Sample],
-                verdicts: list[VerifyResult]) -> None:
+    def _record(self, state: _State, kind: PromptKind, round_number: int,
+                samples: list[Sample], verdicts: list[VerifyResult]) -> list[SampleRecord]:
+        """Count ``samples``, judge each (verifier, then gates) and keep the good ones."""
         attempts = state.attempts
         self.stats.samples += len(samples)
         self.stats.generated_tokens += sum(len(s.token_ids) for s in samples)
@@ -160,20 +168,39 @@ class Aligner:
         else:
             attempts.guided_samples += len(samples)
             attempts.guided_rounds += 1
+        records = []
         for sample, verdict in zip(samples, verdicts, strict=True):
-            if verdict.reason.value in ("timeout", "error"):
-                self.stats.verifier_errors[verdict.reason.value] += 1
-            if not verdict.correct:
-                continue
-            if kind == "guided":
-                attempts.guided_correct += 1
-                copied = longest_common_substring(sample.text, state.problem.solution)
-                if copied >= self.config.copy_min_chars:
-                    attempts.guided_copies_rejected += 1
-                    continue
+            record = self._judge(state, kind, sample, verdict, round_number)
+            if record.verdict != "correct":
+                self.stats.rejections[kind][record.reason] += 1
             else:
-                attempts.self_correct += 1
-            state.correct.append(_Candidate(sample, kind))
+                state.correct.append(_Candidate(sample, kind, record))
+            records.append(record)
+        return records
+
+    def _judge(self, state: _State, kind: PromptKind, sample: Sample, verdict: VerifyResult,
+               round_number: int) -> SampleRecord:
+        """The record of one sample: incorrect, rejected by a gate, or correct."""
+        record = SampleRecord(
+            problem_id=state.problem.id, prompt_kind=kind, round=round_number,
+            text=sample.text, tokens=len(sample.token_ids), finish_reason=sample.finish_reason,
+            verdict="incorrect", reason=verdict.reason.value, extracted=verdict.extracted,
+            detail=verdict.detail)
+        if verdict.reason.value in ("timeout", "error"):
+            self.stats.verifier_errors[verdict.reason.value] += 1
+        if not verdict.correct:
+            return record
+        if kind == "guided":
+            state.attempts.guided_correct += 1
+        else:
+            state.attempts.self_correct += 1
+        failed = rejection(sample.text, sample.finish_reason, kind, verdict.extracted,
+                           state.problem.solution, self.config)
+        if failed is None:
+            return record.model_copy(update={"verdict": "correct"})
+        state.attempts.rejected.add(failed.gate)
+        return record.model_copy(update={"verdict": "rejected", "reason": failed.gate,
+                                         "detail": failed.detail})
 
     def _choose(self, state: _State) -> _Candidate:
         if self.config.choose == "likeliest":
@@ -194,6 +221,7 @@ class Aligner:
             return AlignedExample(**base, response=problem.solution, response_token_ids=ids,
                                   source="expert", behavior=None)
         chosen = self._choose(state)
+        chosen.record.verdict = "kept"
         behavior = Behavior(
             logprobs=chosen.sample.logprobs, prompt_kind=chosen.kind,
             model=self.engine.model_name, policy_version=self.engine.policy_version,
@@ -204,13 +232,12 @@ class Aligner:
                               source="self" if chosen.kind == "plain" else "guided",
                               behavior=behavior)
 
-    def _decide(self, state: _State) -> AlignedExample:
-        """Make ``state``'s example (its outcome is final) and report it."""
-        example = state.example = self._example(state)
-        self.stats.sources[example.source] += 1
+    def _report(self, state: _State) -> None:
+        """Count ``state``'s final example and hand it to ``on_decided``."""
+        assert state.example is not None
+        self.stats.sources[state.example.source] += 1
         if self.on_decided is not None:
-            self.on_decided(example)
-        return example
+            self.on_decided(state.example)
 
     def align(self, problems: Sequence[Problem]) -> list[AlignedExample]:
         """Aligned examples for ``problems``, in input order.
@@ -226,4 +253,8 @@ class Aligner:
             states.append(_State(problem, reference))
         self._rounds(states, "plain", self.config.k_self)
         self._rounds([s for s in states if not s.correct], "guided", self.config.k_guided)
-        return [s.example or self._decide(s) for s in states]
+        for state in states:
+            if state.example is None:  # nothing correct: the expert solution
+                state.example = self._example(state)
+                self._report(state)
+        return [s.example for s in states if s.example is not None]

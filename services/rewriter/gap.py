@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -224,6 +225,26 @@ def format_gap(report: GapReport) -> str:
     return "\n".join(lines)
 
 
+def gap_sentence(report: GapReport) -> str:
+    """What happened, in one plain sentence: the sources kept and the gap they closed.
+
+    The gap is paired: per kept model response, its mean token log-prob minus that of the
+    expert solution of the same problem, averaged over those responses.
+    """
+    counts = Counter(e.source for e in report.examples)
+    head = (f"kept {counts['self']} own solutions, {counts['guided']} guided, "
+            f"{counts['expert']} expert")
+    diffs = [e.mean_logprob - e.expert_mean_logprob for e in report.examples
+             if e.source != "expert" and e.mean_logprob is not None
+             and e.expert_mean_logprob is not None]
+    if not diffs:
+        return f"{head}; no model response was kept, so the data stays the expert text"
+    diff = math.fsum(diffs) / len(diffs)
+    how = "likelier" if diff >= 0 else "less likely"
+    return (f"{head}; the kept responses are {abs(diff):.2f} nats/token {how} under the "
+            "model than the expert text of the same problems")
+
+
 def plot_gap(report: GapReport, path: str | Path) -> Path:
     """Write a PNG: histograms of per-response mean token log-prob, kept vs expert originals."""
     import matplotlib
@@ -282,6 +303,7 @@ def gap_command(model: str | None, data: str | Path, plot: str | Path | None = N
     engine = make_engine("transformers", model, device=device)
     report = measure_gap(engine, examples, batch_size=batch_size, progress=progress)
     echo(format_gap(report))
+    echo(gap_sentence(report))
     if plot is not None:
         echo(f"plot: {plot_gap(report, plot)}")
     if out_json is not None:

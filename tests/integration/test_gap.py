@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,6 +140,10 @@ def test_gap_command_writes_outputs(examples: list[AlignedExample], tmp_path: Pa
     assert saved["groups"]["self"]["count"] == 2 and len(saved["examples"]) == 4
     assert "expert originals" in printed[0]
     assert report.groups["all"].count == 4
+    sources = Counter(e.source for e in report.examples)
+    assert printed[1].startswith(f"kept {sources['self']} own solutions, {sources['guided']} "
+                                 f"guided, {sources['expert']} expert; the kept responses are ")
+    assert "nats/token likelier" in printed[1]  # self responses: the model's own text
 
 
 def test_gap_command_names_the_bad_line(examples: list[AlignedExample], tmp_path: Path) -> None:

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from mindgap.rewriter.aligner import Aligner, RoundDone, longest_common_substring
+from mindgap.rewriter.aligner import Aligner, RoundDone
 from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script
-from mindgap.schemas import AlignedExample, Problem, RewriteOptions
+from mindgap.rewriter.gates import longest_common_substring
+from mindgap.schemas import AlignedExample, GateCounts, Problem, RewriteOptions
 from mindgap.verifier.pool import LocalVerifier
 from tests.scripted import TimeoutVerifier
 
@@ -59,7 +60,7 @@ def test_every_round_is_reported(verifier: LocalVerifier) -> None:
         if "variant 0" in prompt and index >= 1000:
             return "\\boxed{42}"
         if "variant 1" in prompt and is_guided(prompt):
-            return "Count the boxes: \\boxed{42}"
+            return "Count the boxes: 6 * 7 = 42, \\boxed{42}"
         return "\\boxed{7}"
 
     rounds: list[RoundDone] = []
@@ -70,8 +71,8 @@ def test_every_round_is_reported(verifier: LocalVerifier) -> None:
 
 
 def test_guided_when_self_fails(verifier: LocalVerifier) -> None:
-    engine = ScriptedEngine(lambda p, i: "Count the boxes: \\boxed{42}" if is_guided(p)
-                            else "\\boxed{7}")
+    engine = ScriptedEngine(lambda p, i: "Count the boxes: 6 * 7 = 42, \\boxed{42}"
+                            if is_guided(p) else "\\boxed{7}")
     (example,) = Aligner(engine, verifier).align(problems(1))
     assert example.source == "guided"
     assert example.attempts.self_samples == 4 and example.attempts.guided_samples == 1
@@ -86,7 +87,7 @@ def test_hide_answer_removes_the_final_line_and_is_recorded(verifier: LocalVerif
     def script(prompt: str, index: int) -> str:
         if is_guided(prompt):
             seen.append(prompt)
-            return "\\boxed{42}"
+            return "6 * 7 = 42, \\boxed{42}"
         return "no idea"
 
     config = RewriteOptions(hide_answer=True)
@@ -100,7 +101,7 @@ def test_guided_copies_are_rejected(verifier: LocalVerifier) -> None:
     (example,) = Aligner(engine, verifier).align(problems(1))
     assert example.source == "expert"
     assert example.attempts.guided_correct == 4
-    assert example.attempts.guided_copies_rejected == 4
+    assert example.attempts.rejected == GateCounts(copied=4)
     loose = RewriteOptions(copy_min_chars=10_000)
     (kept,) = Aligner(engine, verifier, loose).align(problems(1))
     assert kept.source == "guided"
@@ -167,7 +168,7 @@ def test_each_problem_is_reported_once_decided(verifier: LocalVerifier) -> None:
         if "variant 0" in prompt:
             return "\\boxed{42}"
         if "variant 1" in prompt and is_guided(prompt) and index >= 3000:
-            return "Count the boxes: \\boxed{42}"
+            return "Count the boxes: 6 * 7 = 42, \\boxed{42}"
         return "\\boxed{7}"
 
     events: list[str] = []

@@ -133,3 +133,14 @@ def test_submit_with_an_invalid_option_prints_one_line_and_exits_2(tmp_path: Pat
         assert run.returncode == 2, run.stderr
         assert run.stderr.count("\n") == 1 and run.stderr.startswith(f"error: {flag}: ")
         assert message in run.stderr
+
+
+def test_a_cpu_vllm_server_is_told_from_its_metrics() -> None:
+    from mindgap.rewriter.engines.openai_engine import server_on_cpu
+
+    cpu = ('vllm:cache_config_info{_block_size_resolved="True",block_size="128",'
+           'effective_attention_block_size="128",user_specified_block_size="False"} 1.0')
+    gpu = cpu.replace('block_size="128",', 'block_size="16",', 1)
+    asked = cpu.replace('user_specified_block_size="False"', 'user_specified_block_size="True"')
+    assert server_on_cpu("# HELP x\n" + cpu)
+    assert not server_on_cpu(gpu) and not server_on_cpu(asked) and not server_on_cpu("")

@@ -14,6 +14,7 @@ from mindgap.rewriter.aligner import Aligner
 from mindgap.rewriter.engines.scripted import ScriptedEngine
 from mindgap.rewriter.options import EngineOptions
 from mindgap.rewriter.rewrite import (
+    OutputExistsError,
     ResumeMismatchError,
     check_references,
     check_resume,
@@ -144,3 +145,28 @@ def test_threads_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert EngineOptions().torch_threads() == 3
     assert EngineOptions(threads=2).torch_threads() == 2
+
+
+def test_samples_out_is_the_audit_trail(verifier: LocalVerifier, tmp_path: Path) -> None:
+    def script(prompt: str, index: int) -> str:
+        variant = int(prompt.split("variant ")[1].split(")")[0])
+        if "<reference>" in prompt:
+            return "6 * 7 = 41, so \\boxed{42}"  # verifies; its working does not
+        return "\\boxed{42}" if variant == 0 else "The answer is 42. " * 40  # p1: cut loop
+
+    out, samples = tmp_path / "aligned.jsonl", tmp_path / "samples.jsonl"
+    options = RewriteOptions(k_self=1, k_guided=1, max_tokens=200)
+    summary = rewrite(problems(2), Aligner(ScriptedEngine(script), verifier, options), out,
+                      batch_size=8, progress=False, samples_out=samples)
+    rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+    assert [(r["problem_id"], r["prompt_kind"], r["verdict"], r["reason"]) for r in rows] == [
+        ("p0", "plain", "kept", "equal"), ("p1", "plain", "rejected", "cut"),
+        ("p1", "guided", "rejected", "wrong_calculation")]
+    assert rows[1]["finish_reason"] == "length" and rows[1]["tokens"] == 200
+    assert summary.rejections == {"plain": {"cut": 1}, "guided": {"wrong_calculation": 1}}
+    saved = json.loads(summary_path(out).read_text(encoding="utf-8"))
+    assert saved["rejections"] == summary.rejections and saved["samples_out"] == str(samples)
+    assert [e.source for e in lines(out)] == ["self", "expert"]
+    with pytest.raises(OutputExistsError, match=r"samples\.jsonl exists"):
+        rewrite(problems(2), Aligner(ScriptedEngine(script), verifier, options),
+                tmp_path / "other.jsonl", batch_size=8, progress=False, samples_out=samples)

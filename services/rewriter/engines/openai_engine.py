@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ import httpx
 
 from mindgap.rewriter.engines.base import Engine, Sample, is_unit_temperature
 from mindgap.rewriter.model_store import DEFAULT_MODEL, resolve_model
+from mindgap.rewriter.options import OpenAISeeds
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,19 @@ def _token_id(token: str) -> int:
     return int(token[len(_TOKEN_PREFIX):])
 
 
+def server_on_cpu(metrics: str) -> bool:
+    """Whether a vLLM server's ``/metrics`` page shows it runs on CPU.
+
+    vLLM publishes its cache config as ``vllm:cache_config_info``; on CPU the platform picks
+    128-token KV blocks when none was asked for, where CUDA's default is 16. A page without
+    that line (another server) is not taken for CPU.
+    """
+    line = next((row for row in metrics.splitlines()
+                 if row.startswith("vllm:cache_config_info{")), "")
+    return bool(re.search(r'[{,]block_size="128"', line)) and \
+        'user_specified_block_size="False"' in line
+
+
 class OpenAIEngine(Engine):
     """Sample through an OpenAI-compatible ``/v1/completions`` endpoint over HTTP.
 
@@ -64,12 +79,16 @@ class OpenAIEngine(Engine):
     ``model`` when given, else the default model's folder. Connection errors and HTTP 408,
     429 and 5xx are retried ``max_retries`` times with exponential backoff from
     ``backoff_s``; prompts of one ``generate`` call go out concurrently (``max_concurrency``).
+    ``seeds`` (``auto``, ``per-request``, ``server``) says whether requests carry seeds;
+    ``auto`` resolves at start (:func:`server_on_cpu`), and ``per_request_seeds`` holds
+    the outcome.
     """
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", model: str | None = None,
                  api_key: str | None = None, tokenizer: str | None = None,
                  policy_version: int = 0, timeout_s: float = 600.0, max_retries: int = 5,
-                 backoff_s: float = 0.5, max_concurrency: int = 16) -> None:
+                 backoff_s: float = 0.5, max_concurrency: int = 16,
+                 seeds: OpenAISeeds = "auto") -> None:
         from transformers import AutoTokenizer
 
         root = base_url.rstrip("/")
@@ -88,6 +107,19 @@ class OpenAIEngine(Engine):
             tokenizer or resolve_model(model if named else None))
         self.eos_token_id = self.tokenizer.eos_token_id
         self.model_name = str(model) if named else self._served_model()
+        self.per_request_seeds = seeds == "per-request" or (
+            seeds == "auto" and not server_on_cpu(self._metrics()))
+        if not self.per_request_seeds:
+            log.info("%s: no per-request seeds (%s); the server's --seed governs sampling",
+                     root, "vLLM on CPU" if seeds == "auto" else "--openai-seeds server")
+
+    def _metrics(self) -> str:
+        """The server's Prometheus page ('' when it has none)."""
+        try:
+            response = self._client.get("/metrics")
+        except httpx.TransportError:
+            return ""
+        return response.text if response.status_code == 200 else ""
 
     def _served_model(self) -> str:
         models = self._request("GET", "/v1/models").get("data") or []
@@ -126,14 +158,15 @@ class OpenAIEngine(Engine):
 
     def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
                  max_tokens: int, seed: int | None = None) -> list[list[Sample]]:
-        """``n`` samples per prompt, one request per prompt; prompt ``i`` gets seed
-        ``seed + i * n`` (a vLLM server gives its ``j``-th sample ``seed + i * n + j``)."""
+        """``n`` samples per prompt, one request per prompt; with per-request seeds prompt
+        ``i`` gets seed ``seed + i * n`` (a vLLM server gives its ``j``-th sample
+        ``seed + i * n + j``)."""
         def complete(index: int) -> list[Sample]:
             payload: dict[str, Any] = {
                 "model": self.model_name, "prompt": self.tokenize(prompts[index]), "n": n,
                 "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                 "logprobs": 1, "return_tokens_as_token_ids": True}
-            if seed is not None:
+            if seed is not None and self.per_request_seeds:
                 payload["seed"] = seed + index * n
             choices = self._request("POST", "/v1/completions", payload)["choices"]
             if len(choices) != n:

@@ -1,7 +1,8 @@
 """A scripted engine: answers set in advance (benchmarks of the aligner's scheduling, tests).
 
-Its answers come from a ``Script``; token ids are character codes and every token's
-log-probability is a fixed small number, so the aligner's logic runs without a model.
+Its answers come from a ``Script``; token ids are character codes (a text longer than
+``max_tokens`` is cut there, finish reason ``length``) and every token's log-probability is a
+fixed small number, so the aligner's logic runs without a model.
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ class ScriptedEngine(Engine):
         out = []
         for prompt in prompts:
             texts = [self.script(prompt, call * 1000 + j) for j in range(n)]
-            out.append([Sample(t, self.tokenize(t), [-0.1 * (1 + (len(t) % 3))] * len(t),
-                               "stop") for t in texts])
+            out.append([self._sample(t, max_tokens) for t in texts])
         return out
+
+    def _sample(self, text: str, max_tokens: int) -> Sample:
+        """``text`` as sampled: cut at ``max_tokens`` characters (finish reason ``length``)."""
+        finish = "length" if len(text) > max_tokens else "stop"
+        text = text[:max_tokens]
+        return Sample(text, self.tokenize(text), [-0.1 * (1 + (len(text) % 3))] * len(text),
+                      finish)
 
     def _score_tokens(self, prompt_ids: list[int], token_ids: list[int],
                       temperature: float) -> list[float]:
