@@ -37,7 +37,7 @@ from typing import Any
 
 import _machine
 
-from mindgap.answers import closing_brace, last_boxed
+from mindgap.answers import last_boxed, unbox
 from mindgap.datasets import read_problems
 from mindgap.jsonl import json_lines
 from mindgap.schemas import VerifyRequest, VerifyResult
@@ -46,7 +46,6 @@ from mindgap.verifier.pool import LocalVerifier
 DEFAULT_OUTPUT = _machine.RESULTS / "verifier_agreement.json"
 TARGET_DATA = 0.995
 TARGET_MATH_VERIFY = 0.99
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _THOUSANDS = re.compile(r"^\\?\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _LATEX_COMMA = re.compile(r"\{,\}\s*|,\\!\s*")
 _DOLLAR = re.compile(r"(?<!\\)\$")
@@ -79,14 +78,6 @@ class Pair:
     expected: bool
 
 
-def unbox(text: str) -> str:
-    """``text`` with every ``\\boxed{X}`` replaced by ``X`` (the solution's working kept)."""
-    while (match := _BOX.search(text)) is not None:
-        end = closing_brace(text, match.end())
-        if end is None:
-            break
-        text = text[: match.start()] + text[match.end() : end] + text[end + 1 :]
-    return text
 
 
 def items(answer: str) -> list[str]:

@@ -54,15 +54,21 @@ def derive_answer(solution: str) -> str | None:
     return lines[-1].strip() or None if lines else None
 
 
-def _strip_boxed(text: str) -> str:
-    """``text`` without its ``\\boxed{...}``/``\\fbox{...}`` (content included), up to the
-    first one left unclosed."""
+def _strip_boxed(text: str, keep_content: bool = False) -> str:
+    """``text`` without its ``\\boxed{...}``/``\\fbox{...}`` (content too, unless
+    ``keep_content``), up to the first one left unclosed."""
     while (match := _BOXED_START.search(text)) is not None:
         end = closing_brace(text, match.end())
         if end is None:
             break
-        text = text[: match.start()] + text[end + 1 :]
+        inner = text[match.end() : end] if keep_content else ""
+        text = text[: match.start()] + inner + text[end + 1 :]
     return text
+
+
+def unbox(text: str) -> str:
+    """``text`` with every ``\\boxed{X}`` replaced by ``X`` (the working kept)."""
+    return _strip_boxed(text, keep_content=True)
 
 
 def hide_final_answer(solution: str) -> str:

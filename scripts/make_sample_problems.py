@@ -16,15 +16,14 @@ import ast
 import math
 import operator
 import random
-import re
 import tomllib
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from mindgap.datasets import derive_answer, read_problems, write_jsonl
 from mindgap.schemas import Problem
+from mindgap.verifier.arithmetic import calculations
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,26 +55,24 @@ TEMPLATES = [Template(**fields) for fields in
 _OPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
     ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv}
-_EQUATION = re.compile(r"(\d+(?:\s*[-+*/]\s*\d+)+)\s*=\s*(\d+)")
 
 
-def _evaluate(node: ast.AST, names: dict[str, Any], calls: dict[str, Callable[..., Any]],
-              number: Callable[[int], Any] = int) -> Any:
-    """The value of an arithmetic expression: integers (through ``number``), names, lists,
-    ``+ - * / //``, unary minus and calls of ``calls``."""
+def _evaluate(node: ast.AST, names: dict[str, Any], calls: dict[str, Callable[..., Any]]) -> Any:
+    """The value of a template's expression: integers, names, lists, ``+ - * / //``, unary
+    minus and calls of ``calls``."""
     if isinstance(node, ast.Constant) and isinstance(node.value, int):
-        return number(node.value)
+        return node.value
     if isinstance(node, ast.Name):
         return names[node.id]
     if isinstance(node, ast.List):
-        return [_evaluate(item, names, calls, number) for item in node.elts]
+        return [_evaluate(item, names, calls) for item in node.elts]
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand, names, calls, number)
+        return -_evaluate(node.operand, names, calls)
     if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_evaluate(node.left, names, calls, number),
-                                   _evaluate(node.right, names, calls, number))
+        return _OPS[type(node.op)](_evaluate(node.left, names, calls),
+                                   _evaluate(node.right, names, calls))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in calls:
-        return calls[node.func.id](*(_evaluate(arg, names, calls, number) for arg in node.args))
+        return calls[node.func.id](*(_evaluate(arg, names, calls) for arg in node.args))
     raise ValueError(f"unsupported expression: {ast.unparse(node)}")
 
 
@@ -91,15 +88,14 @@ def build(template: Template, rng: random.Random) -> tuple[str, list[str], int]:
 
 
 def check(question: str, solution: str, answer: int) -> None:
-    """Assert every equation in the solution holds and the solution ends in ``#### answer``."""
+    """Assert every calculation in the solution holds (read as the rewriter's quality gate
+    reads responses) and the solution ends in ``#### answer``."""
     assert answer > 0, (question, answer)
-    equations = _EQUATION.findall(solution.replace("$", ""))
-    assert equations, solution
-    for expression, result in equations:
-        value = _evaluate(ast.parse(expression, mode="eval").body, {}, {}, Fraction)
-        assert value == int(result), f"{expression} != {result} in {solution!r}"
-    last_line_value = int(equations[-1][1])
-    assert last_line_value == answer, (solution, answer)
+    shown = calculations(solution)
+    assert shown, solution
+    for calculation in shown:
+        assert calculation.first_error() is None, (calculation.first_error(), solution)
+    assert shown[-1].values[-1] == answer, (solution, answer)
     assert solution.endswith(f"#### {answer}"), solution
     assert derive_answer(solution) == str(answer), solution
 

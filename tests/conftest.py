@@ -111,6 +111,24 @@ def verifier_service() -> Iterator[Service]:
 
 
 @contextmanager
+def serving_rewriter(prefix: str, **settings: str) -> Iterator[Service]:
+    """The rewriter app under uvicorn on the queue ``prefix``, API key ``test-key``, no
+    verifier URL; ``settings`` are more environment variables. Stopped after."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MINDGAP_VERIFIER_URL"}
+    env.update({"MINDGAP_API_KEY": "test-key", "MINDGAP_QUEUE_PREFIX": prefix,
+                "MINDGAP_QUEUE_REDIS_URL": REDIS_URL, **settings})
+    code = ("import uvicorn; from mindgap.rewriter.app import create_app; "
+            f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')")
+    service = Service.start(["-c", code], env, port)
+    try:
+        wait_ready(f"{service.url}/healthz")
+        yield service
+    finally:
+        service.stop()
+
+
+@contextmanager
 def serving_verifier(env: dict[str, str], workers: int) -> Iterator[Service]:
     """``mindgap serve verifier`` with ``env`` on a free port, once ready; stopped after."""
     port = free_port()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -26,7 +25,12 @@ from mindgap.schemas import (
     Source,
     Timings,
 )
-from tests.conftest import Service, drop_keys, free_port, run_schemathesis, wait_ready
+from tests.conftest import (
+    Service,
+    drop_keys,
+    run_schemathesis,
+    serving_rewriter,
+)
 
 URL = "redis://127.0.0.1:6379/0"
 AUTH = {"Authorization": "Bearer test-key"}
@@ -66,20 +70,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def service(queue: Queue, prefix: str, data_root: Path) -> Iterator[Service]:
     """The rewriter app under uvicorn, on the test prefix, with API key ``test-key``."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MINDGAP_VERIFIER_URL"}
-    env.update({"MINDGAP_API_KEY": "test-key", "MINDGAP_QUEUE_PREFIX": prefix,
-                "MINDGAP_QUEUE_REDIS_URL": URL,
-                "MINDGAP_REWRITER_MAX_BODY_BYTES": str(1024 * 1024),
-                "MINDGAP_REWRITER_DATA_ROOT": str(data_root)})
-    code = ("import uvicorn; from mindgap.rewriter.app import create_app; "
-            f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')")
-    svc = Service.start(["-c", code], env, port)
-    try:
-        wait_ready(f"{svc.url}/healthz")
+    with serving_rewriter(prefix, MINDGAP_REWRITER_MAX_BODY_BYTES=str(1024 * 1024),
+                          MINDGAP_REWRITER_DATA_ROOT=str(data_root)) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def problem(i: int, tag: str = "p") -> dict[str, Any]:

@@ -5,7 +5,6 @@ Redis and real workers (threads of this process) with a slow scripted engine."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from mindgap.rewriter.engines.base import Engine, Sample
 from mindgap.rewriter.engines.scripted import ScriptedEngine
 from mindgap.rewriter.worker import Worker
 from mindgap.verifier.pool import LocalVerifier
-from tests.conftest import REDIS_URL, Service, free_port, wait_ready
+from tests.conftest import REDIS_URL, Service, serving_rewriter
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -65,18 +64,8 @@ def queue(prefix: str) -> Iterator[Queue]:
 @pytest.fixture
 def service(prefix: str, queue: Queue) -> Iterator[Service]:
     """The rewriter app under uvicorn on the test's prefix, API key ``test-key``."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MINDGAP_VERIFIER_URL"}
-    env.update({"MINDGAP_API_KEY": "test-key", "MINDGAP_QUEUE_PREFIX": prefix,
-                "MINDGAP_QUEUE_REDIS_URL": REDIS_URL})
-    code = ("import uvicorn; from mindgap.rewriter.app import create_app; "
-            f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')")
-    svc = Service.start(["-c", code], env, port)
-    try:
-        wait_ready(f"{svc.url}/healthz")
+    with serving_rewriter(prefix) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 @contextmanager

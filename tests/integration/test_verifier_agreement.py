@@ -17,13 +17,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from mindgap.answers import closing_brace, last_boxed
+from mindgap.answers import last_boxed, unbox
 from mindgap.datasets import read_problems
 from mindgap.schemas import VerifyRequest
 from mindgap.verifier.pool import LocalVerifier
 from tests.conftest import data_file
 
-_BOX = re.compile(r"\\boxed\s*\{")
 _DOLLAR = re.compile(r"(?<!\\)\$")
 _LHS = re.compile(r"^[a-zA-Z]=")
 Case = tuple[str, str, bool]
@@ -35,13 +34,6 @@ def verifier() -> Iterator[LocalVerifier]:
         yield pool
 
 
-def _unbox(text: str) -> str:
-    while (match := _BOX.search(text)) is not None:
-        end = closing_brace(text, match.end())
-        if end is None:
-            break
-        text = text[: match.start()] + text[match.end() : end] + text[end + 1 :]
-    return text
 
 
 def _statements(answer: str, items: list[str]) -> list[str]:
@@ -105,7 +97,7 @@ def test_olympiadbench_multi_answer_and_interval_problems(verifier: LocalVerifie
 
 def _math_rows(name: str, preset: str, limit: int) -> list[tuple[str, str, list[str]]]:
     problems = read_problems(str(data_file(name)), preset=preset, limit=limit)
-    return [(_unbox(p.solution), p.answer or last_boxed(p.solution) or "", []) for p in problems]
+    return [(unbox(p.solution), p.answer or last_boxed(p.solution) or "", []) for p in problems]
 
 
 @pytest.mark.parametrize(("name", "preset"), [("math500.jsonl", "math"),
