@@ -1,7 +1,7 @@
 """``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) from files installed with the service (the
 ``fastapi-offline`` package's copies of their bundles), so they render on a cluster without
-Internet access. FastAPI's own pages load them from a public CDN; ``create_app`` turns
-those off (``docs_url=None, redoc_url=None``) and this router serves its own."""
+Internet access. FastAPI's own pages load them from a public CDN; each service's
+``create_app`` turns those off (``docs_url=None, redoc_url=None``) and includes this router."""
 
 from __future__ import annotations
 

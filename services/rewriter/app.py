@@ -6,7 +6,7 @@ Routes: ``POST /v1/jobs`` (batch job, 202), ``GET /v1/jobs[/{id}[/results]]``,
 live worker) in :mod:`~mindgap.rewriter.routes_sync`; ``/healthz``, ``/readyz`` (Redis,
 verifier, a live worker) in :mod:`~mindgap.rewriter.health`; ``/metrics`` in
 :mod:`~mindgap.rewriter.metrics`; ``/docs`` and ``/redoc`` (no CDN) in
-:mod:`~mindgap.rewriter.ui_docs`; the job console ``/ui`` in :mod:`~mindgap.rewriter.ui`.
+:mod:`~mindgap.offline_docs`; the job console ``/ui`` in :mod:`~mindgap.rewriter.ui`.
 Refusals are :class:`~mindgap.rewriter.rejections.Rejected`; the routes get the queue and
 settings from :mod:`~mindgap.rewriter.deps`.
 """
@@ -17,11 +17,11 @@ import threading
 
 from fastapi import Depends, FastAPI
 
-from mindgap import __version__
+from mindgap import __version__, offline_docs
 from mindgap.config import QueueSettings, RewriterSettings, ServiceSettings, VerifierSettings
 from mindgap.http import bearer_auth, closing_lifespan, install_common, observe_requests
 from mindgap.queue import Queue
-from mindgap.rewriter import health, metrics, routes_jobs, routes_sync, ui, ui_docs
+from mindgap.rewriter import health, metrics, routes_jobs, routes_sync, ui
 from mindgap.rewriter.deps import RewriterContext
 from mindgap.rewriter.rejections import install_rejections
 
@@ -57,6 +57,6 @@ def create_app(queue: Queue | None = None, settings: RewriterSettings | None = N
     app.include_router(routes_sync.router, dependencies=auth)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.include_router(ui_docs.router)
+    app.include_router(offline_docs.router)
     app.include_router(ui.router)
     return app

@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mindgap import __version__
+from mindgap import __version__, offline_docs
 from mindgap.config import ServiceSettings, VerifierSettings
 from mindgap.http import bearer_auth, closing_lifespan, install_common, observe_requests
 from mindgap.schemas import (
@@ -76,8 +76,10 @@ def create_app(pool: LocalVerifier | None = None,
     metrics = VerifierMetrics(verifier)
     lifespan = closing_lifespan(verifier.close if pool is None else None)
     app = FastAPI(title="mindgap verifier", version=__version__, lifespan=lifespan,
-                  description="Sandboxed checking of math answers against references.")
+                  description="Sandboxed checking of math answers against references.",
+                  docs_url=None, redoc_url=None)
     install_common(app, settings.max_body_bytes)
+    app.include_router(offline_docs.router)  # /docs, /redoc with no CDN
     auth = [Depends(bearer_auth(service.api_key))]
 
     observe_requests(app, metrics.requests, metrics.latency)

@@ -115,3 +115,12 @@ def test_client_gives_up_on_a_dead_server() -> None:
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error(verifier_service: Service) -> None:
     run_schemathesis(verifier_service.url, max_examples=80, timeout_s=600)
+
+
+def test_docs_are_served_from_the_service(verifier_service: Service) -> None:
+    # No CDN: the pages name only this server's files, and it serves them.
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = httpx.get(f"{verifier_service.url}{page}").text
+        assert f'src="/docs/assets/{asset}"' in html and "cdn.jsdelivr" not in html
+        served = httpx.get(f"{verifier_service.url}/docs/assets/{asset}")
+        assert served.status_code == 200 and len(served.content) > 100_000
