@@ -18,6 +18,7 @@ from mindgap import __version__, redact
 from mindgap.config import QueueSettings, RewriterSettings, ServiceSettings, VerifierSettings
 from mindgap.options import Flags, command_options, fail
 from mindgap.queue_cli import queue_app
+from mindgap.rewriter.eval_options import BenchmarkOptions, EvalOptions
 from mindgap.rewriter.options import DataOptions, EngineOptions, WorkerOptions
 from mindgap.schemas import SOURCES, RewriteOptions
 from mindgap.trainer.config import TrainConfig
@@ -164,7 +165,7 @@ def serve_rewriter(host: Host = "127.0.0.1", port: Port = 8000,
 # --- Rewriting ------------------------------------------------------------------------------
 
 
-def _engine(options: EngineOptions, seed: int) -> Engine:
+def _engine(options: EngineOptions, seed: int, max_model_len: int = 2048) -> Engine:
     """Load the engine (torch's threads set first); a model that cannot load ends the command."""
     from mindgap.rewriter.engines import make_engine
 
@@ -180,7 +181,7 @@ def _engine(options: EngineOptions, seed: int) -> Engine:
             return make_engine("openai", model, base_url=options.openai_url,
                                seeds=options.openai_seeds)
         if options.engine == "vllm":
-            return make_engine("vllm", model, seed=seed)
+            return make_engine("vllm", model, seed=seed, max_model_len=max_model_len)
         return make_engine(options.engine, model)
     except (OSError, ValueError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -351,6 +352,66 @@ def worker(engine: EngineOptions, worker: WorkerOptions, queue: QueueSettings,
         checker.close()
     typer.echo(f"worker {name}: {stats.completed} completed, {stats.dead_lettered} "
                f"dead-lettered", err=True)
+
+
+# --- Evaluating -----------------------------------------------------------------------------
+
+
+@app.command("eval")
+@command_options(suite=BenchmarkOptions, options=EvalOptions, engine=EngineOptions,
+                 verifier=VERIFIER_URL)
+def eval_command(
+    suite: BenchmarkOptions, options: EvalOptions, engine: EngineOptions,
+    verifier: VerifierSettings,
+    out: Annotated[Path, typer.Option(
+        help="Results JSON; the verdict log (OUT.jsonl, resumable) and the table (OUT.md) go "
+             "next to it.")] = Path("eval.json"),
+    resume: Annotated[bool, typer.Option(help="Skip problems already in the log.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="With --resume: continue even with other settings than the log's.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing log.")] = False,
+    compare: Annotated[tuple[Path, Path] | None, typer.Option(
+        exists=True, dir_okay=False, metavar="A.json B.json",
+        help="Compare two results files instead: B - A per benchmark with a paired "
+             "bootstrap 95% interval.")] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples (--compare).",
+                                           min=100)] = 10_000,
+) -> None:
+    """Evaluate a model: avg@n and pass@k per benchmark and on average (the paper's protocol).
+
+    Zero-shot, the boxed-answer prompt in the chat template; prints the table, writes OUT.
+    """
+    from mindgap.rewriter.eval_report import compare_files, markdown_table
+    from mindgap.rewriter.evaluate import evaluate, log_path, prepare
+    from mindgap.rewriter.model_store import DEFAULT_MODEL
+
+    try:
+        if compare is not None:
+            typer.echo(compare_files(*compare, resamples=resamples, seed=options.seed))
+            return
+        config = {"model": engine.model or DEFAULT_MODEL, "engine": engine.engine}
+        problems = prepare(suite, options, out, config, resume=resume, overwrite=overwrite,
+                           force=force)
+    except ValueError as exc:
+        fail(str(exc))
+    checker = _verifier(verifier)
+    try:
+        generator = _engine(engine, options.seed, options.max_tokens + 2048)
+    except typer.Exit:
+        checker.close()
+        raise
+    try:
+        results = evaluate(problems, generator, checker, options, out, config=config,
+                           resume=resume, overwrite=overwrite, force=force)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: the verdicts so far are in {log_path(out)}; run the same "
+                   "command with --resume to finish", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        generator.close()
+        checker.close()
+    typer.echo(markdown_table(results))
+    typer.echo(f"results in {out}, table in {out.with_suffix('.md')}", err=True)
 
 
 # --- Jobs over HTTP -------------------------------------------------------------------------
