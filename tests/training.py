@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from mindgap.jsonl import numbered_lines
+from mindgap.trainer.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,20 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """Largest absolute difference between two state dicts with the same keys."""
     assert sorted(a) == sorted(b)
     return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def scheduled_lrs(config: TrainConfig, count: int) -> list[float]:
+    """The learning rate of each of the first ``count`` steps under ``config``'s schedule."""
+    from mindgap.trainer.schedule import build_scheduler
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    sched = build_scheduler(opt, config)
+    lrs = []
+    for _ in range(count):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return lrs
 
 
 def steps(out: Path) -> list[dict]:

@@ -19,7 +19,7 @@ from mindgap.trainer.__main__ import app
 from mindgap.trainer.checkpoint import MASTER, list_checkpoints
 from mindgap.trainer.config import TrainConfig, read_config_file
 from mindgap.trainer.loop import evaluate, train
-from mindgap.trainer.schedule import ScheduleChanged, build_scheduler
+from mindgap.trainer.schedule import ScheduleChanged
 from mindgap.trainer.testing import (
     char_tokenizer,
     save_tiny_model,
@@ -27,7 +27,7 @@ from mindgap.trainer.testing import (
     tiny_llama,
     write_jsonl,
 )
-from tests.training import max_diff, steps, weights
+from tests.training import max_diff, scheduled_lrs, steps, weights
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +112,7 @@ def test_reschedule_continues_on_the_new_horizon(setup, caplog):
         summary = train(longer)
     assert summary["steps"] == 6
     assert "schedule rebuilt for the new settings (max_steps 3 -> 6) at step 3" in caplog.text
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=longer.lr)
-    sched = build_scheduler(opt, longer)
-    expected = []
-    for _ in range(6):
-        expected.append(sched.get_last_lr()[0])
-        opt.step()
-        sched.step()
+    expected = scheduled_lrs(longer, 6)
     lrs = [s["lr"] for s in steps(Path(config.out))]
     assert lrs[3:] == pytest.approx(expected[3:], rel=1e-12)
     assert all(a > b for a, b in itertools.pairwise(lrs[3:]))  # decays, no restart

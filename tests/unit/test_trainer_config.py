@@ -6,14 +6,13 @@ import itertools
 import math
 
 import pytest
-import torch
 import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from mindgap.trainer.__main__ import app
 from mindgap.trainer.config import TrainConfig, write_config
-from mindgap.trainer.schedule import build_scheduler
+from tests.training import scheduled_lrs
 
 
 def _parse(argv: list[str]) -> TrainConfig:
@@ -68,17 +67,11 @@ def test_the_queue_prefix_variable_is_the_trainers_default(monkeypatch: pytest.M
 
 def test_warmup_then_cosine():
     config = TrainConfig(lr=1.0, max_steps=10, warmup_steps=2, min_lr_ratio=0.1)
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
-    sched = build_scheduler(opt, config)
-    lrs = []
-    for _ in range(10):
-        lrs.append(sched.get_last_lr()[0])
-        opt.step()
-        sched.step()
+    lrs = scheduled_lrs(config, 11)  # the 11th: after max_steps
     assert lrs[:3] == [0.0, 0.5, 1.0]
     assert lrs[3] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 8)))
-    assert all(a >= b for a, b in itertools.pairwise(lrs[2:]))
-    assert sched.get_last_lr()[0] == pytest.approx(0.1)  # the floor at max_steps
+    assert all(a >= b for a, b in itertools.pairwise(lrs[2:10]))
+    assert lrs[10] == pytest.approx(0.1)  # the floor at max_steps
 
 
 def test_data_takes_several_paths_after_one_flag():
