@@ -22,7 +22,11 @@ the model alone trips it.
 
 Run: ``.venv/bin/python benchmarks/rewrite_gates.py [--limit 64] [--analyse-only]``.
 Results: ``benchmarks/results/rewrite_gates.json`` (table, per-gate counts, examples of each
-rejection); the raw runs in ``benchmarks/results/rewrite_gates/`` (not committed).
+rejection); the raw runs in ``benchmarks/results/rewrite_gates/`` (not committed). A data
+set whose raw runs are not there keeps its rows from the saved results, each with the
+machine and commit it was measured at (``measured_at``), so one data set can be measured
+again alone (``--only``, then ``--analyse-only``); the repetition profile covers the raw
+runs present.
 """
 
 from __future__ import annotations
@@ -191,13 +195,19 @@ def main() -> None:
         print(generate(args.only, args.limit, [args.stage] if args.stage else STAGES))
         return
     seconds = {} if args.analyse_only else {n: generate(n, args.limit) for n in DATASETS}
-    rows = []
+    saved = RESULTS / "rewrite_gates.json"
+    previous = json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else {}
+    rows: list[dict[str, Any]] = []
     for name, (file, preset) in DATASETS.items():
         solutions = {p.id: p.solution for p in read_problems(str(DATA / file), preset=preset,
                                                              limit=args.limit)}
         shown = samples_path(RUNS / f"{name}_shown.jsonl")
         if not shown.exists():
-            print(f"{name}: not run", file=sys.stderr)
+            kept = [row for row in previous.get("rows", []) if row["data"] == name]
+            print(f"{name}: not run here; {len(kept)} rows kept from the saved results "
+                  f"({previous.get('machine', {}).get('git_commit', '?')})", file=sys.stderr)
+            rows += [{**row, "measured_at": row.get("measured_at", previous["machine"])}
+                     for row in kept]
             continue
         covered = {row["problem_id"] for _, row in json_lines(shown)
                    if row["prompt_kind"] == "plain"}
@@ -222,7 +232,7 @@ def main() -> None:
               "settings": {"temperature": DEFAULTS.temperature, "max_tokens": DEFAULTS.max_tokens,
                            "k": 4, "repetition_max_share": DEFAULTS.repetition_max_share},
               "table": text, "rows": rows, "repetition_profile": profile}
-    _machine.save_json(RESULTS / "rewrite_gates.json", report)
+    _machine.save_json(saved, report)
 
 
 if __name__ == "__main__":
