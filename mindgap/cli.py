@@ -414,6 +414,51 @@ def eval_command(
     typer.echo(f"results in {out}, table in {out.with_suffix('.md')}", err=True)
 
 
+@app.command()
+def experiment(
+    config_file: Annotated[Path, typer.Argument(
+        metavar="CONFIG.yaml", exists=True, dir_okay=False,
+        help="The experiment (configs/experiment-cpu.yaml and the README list the fields).")],
+    force: Annotated[bool, typer.Option(
+        help="Reuse the work folder's finished stages although it was written with other "
+             "settings.")] = False,
+    report_only: Annotated[bool, typer.Option(
+        help="Only write the report again from the finished stages.")] = False,
+) -> None:
+    """Rewrite once, train every arm from the same start, measure each; write report.md.
+
+    Every stage is cached in the config's work_dir: run the same command again to continue
+    a killed run.
+    """
+    from pydantic import ValidationError
+
+    from mindgap.jsonl import first_error
+    from mindgap.rewriter.experiment import Runner, check_work_dir
+    from mindgap.rewriter.experiment_config import read_experiment_config
+    from mindgap.rewriter.experiment_report import write_report
+
+    try:
+        config = read_experiment_config(config_file)
+        TrainConfig.model_validate({**config.training, "data": ["-"]})
+        if not report_only:
+            check_work_dir(config, force)
+    except ValidationError as exc:
+        field, message = first_error(exc)
+        fail(f"{config_file}: training: {field}: {message.removeprefix('Value error, ')}")
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        if report_only:
+            typer.echo(f"report: {write_report(config)}", err=True)
+        else:
+            Runner(config, echo=lambda line: typer.echo(line, err=True)).run()
+    except (RuntimeError, OSError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: run the same command again to continue", err=True)
+        raise typer.Exit(130) from None
+
+
 # --- Jobs over HTTP -------------------------------------------------------------------------
 
 

@@ -171,3 +171,21 @@ def command_options(**groups: type[BaseModel] | Flags
         return run
 
     return decorate
+
+
+def to_flags(options: BaseModel) -> list[str]:
+    """The flags that give ``options`` to a command built from its group: one per field whose
+    value is not the default (``--x v``, ``--x/--no-x``, a list's flag once per item)."""
+    flags: list[str] = []
+    for field, info in type(options).model_fields.items():
+        value = getattr(options, field)
+        if value == field_default(info) or value is None:
+            continue
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, list):
+            flags.extend(part for item in value for part in (flag, str(item)))
+        else:
+            flags.extend([flag, str(value)])
+    return flags

@@ -1,0 +1,137 @@
+"""``report.md`` of ``mindgap experiment``: what ran, the tables, and a plain reading of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mindgap.rewriter.experiment import START
+from mindgap.rewriter.experiment_config import ExperimentConfig
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _points(d: dict[str, float] | None) -> str:
+    """A difference in percentage points with its interval."""
+    if d is None:
+        return "(baseline)"
+    return f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def _first(limit: int | None, which: str = "the first") -> str:
+    return "all" if limit is None else f"{which} {limit}"
+
+
+def _setup(config: ExperimentConfig) -> list[str]:
+    t = config.training
+    return [
+        f"# {config.name}", "",
+        f"Start model: `{config.model or 'SmolLM2-135M-Instruct (packaged)'}`; engine "
+        f"`{config.engine}`. Training problems: {_first(config.train.limit)} of "
+        f"{', '.join(config.train.names())}, rewritten once (T = "
+        f"{config.rewrite.temperature}, {config.rewrite.max_tokens} tokens, K_self = "
+        f"{config.rewrite.k_self}, K_guided = {config.rewrite.k_guided}). Every arm trains "
+        f"from the start model for the same settings: {t or 'the trainer defaults'}.",
+        f"Held-out: {_first(config.heldout.limit, 'the next')} problems of "
+        f"{', '.join(config.heldout.names())}, avg@{config.eval.n} at T = "
+        f"{config.eval.temperature}, {config.eval.max_tokens} tokens. Drift: the start "
+        f"model's own responses to {_first(config.drift.limit, 'the next')} prompts of "
+        f"{', '.join(config.drift.names())} per benchmark, scored under each model.", ""]
+
+
+def _data_table(metrics: dict[str, Any]) -> list[str]:
+    lines = ["## Training data under the start model", "",
+             "| data | examples | self / guided / expert | mean log-prob | w mean | w variance "
+             "| ESS fraction | w > C |", "|---|---|---|---|---|---|---|---|"]
+    for kind, row in metrics["data"].items():
+        s = row["sources"]
+        lines.append(
+            f"| {kind} | {row['examples']} | {s.get('self', 0)} / {s.get('guided', 0)} / "
+            f"{s.get('expert', 0)} | {_num(row['mean_logprob'])} | {_num(row['ratio_mean'])} "
+            f"| {_num(row['ratio_var'], 4)} | {_num(row['ratio_ess'])} "
+            f"| {_num(row['ratio_clipped'])} |")
+    return [*lines, "", "w = p/q per token: q is the recorded behavior probability of a "
+            "model response and 1 for expert tokens, as the `is` loss sees them.", ""]
+
+
+def _runs_table(metrics: dict[str, Any]) -> list[str]:
+    n = metrics["eval"]["n"]
+    benchmarks = metrics["eval"]["benchmarks"]
+    head = ["run", "data", "loss", "final loss", "grad norm mean ± sd", "loss jitter",
+            "drift KL", "expert log-prob", *(f"{b} avg@{n}" for b in benchmarks), "average",
+            "vs start", f"vs {metrics['baseline']}"]
+    lines = ["## Runs", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in metrics["runs"].items():
+        acc = row["accuracy"]
+        grad = "–" if row.get("grad_norm_mean") is None else \
+            f"{row['grad_norm_mean']:.2f} ± {row['grad_norm_sd']:.2f}"
+        lines.append("| " + " | ".join([
+            name, row["data"] or "–", row["loss"] or "–", _num(row.get("final_loss")), grad,
+            _num(row.get("loss_jitter")), _num(row["drift_kl"], 4),
+            _num(row["drift_expert_logprob"]),
+            *(f"{100 * acc.get(b, 0):.1f}" for b in benchmarks),
+            f"{100 * acc['average']:.1f}",
+            "–" if name == START else _points(row["vs_start"]),
+            "–" if name == START else _points(row["vs_baseline"])]) + " |")
+    return [*lines, "", "Accuracies in percent; differences in points with the paired "
+            "bootstrap 95% interval over held-out problems. Loss jitter: mean |loss change| "
+            "between steps. Drift KL: per-token KL(start || model) on the start model's own "
+            "responses (0 for the start model up to scoring noise); expert log-prob: mean "
+            "token log-prob of the drift problems' expert solutions.", ""]
+
+
+def _seed_table(metrics: dict[str, Any]) -> list[str]:
+    if not metrics["seed_noise"]:
+        return []
+    lines = ["## Seed noise", "", "| arm | second seed - first seed, points [95%] |",
+             "|---|---|"]
+    lines += [f"| {arm} | {_points(d)} |" for arm, d in metrics["seed_noise"].items()]
+    return [*lines, ""]
+
+
+def reading(metrics: dict[str, Any]) -> list[str]:
+    """Plain sentences that follow from the tables (no judgement beyond the numbers)."""
+    data, runs = metrics["data"], metrics["runs"]
+    closer = data["rewritten"]["mean_logprob"] > data["expert"]["mean_logprob"]
+    steadier = [n for n, r in runs.items() if n != START and r["data"] == "rewritten"]
+    beyond = [n for n, r in runs.items() if n != START
+              and (r["vs_start"]["low"] > 0 or r["vs_start"]["high"] < 0)]
+    lines = ["## Reading", "",
+             f"- Policy gap: the rewritten data's mean token log-prob under the start model is "
+             f"{_num(data['rewritten']['mean_logprob'])} vs {_num(data['expert']['mean_logprob'])} "
+             f"for the expert data ({'closer to' if closer else 'no closer to'} the model); "
+             f"weight variance {_num(data['rewritten']['ratio_var'], 4)} vs "
+             f"{_num(data['expert']['ratio_var'], 4)}.",
+             "- Drift (KL from the start model): " + ", ".join(
+                 f"{n} {_num(r['drift_kl'], 4)}" for n, r in runs.items() if n != START) + ".",
+             "- Steadiness (gradient norm mean, rewritten-data runs): " + ", ".join(
+                 f"{n} {_num(runs[n].get('grad_norm_mean'), 2)}" for n in steadier) + ".",
+             "- Held-out accuracy: " + (
+                 "no run differs from the start model beyond its 95% interval."
+                 if not beyond else "beyond the 95% interval from the start model: "
+                 + ", ".join(beyond) + ".")]
+    return [*lines, ""]
+
+
+def _timings(metrics: dict[str, Any]) -> list[str]:
+    """The wall time of each kind of step (rewrite, train, eval, ...) and in all."""
+    kinds: dict[str, float] = {}
+    for label, seconds in metrics.get("step_seconds", {}).items():
+        kind = label.split("-")[0]
+        kinds[kind] = kinds.get(kind, 0.0) + seconds
+    if not kinds:
+        return []
+    parts = ", ".join(f"{kind} {seconds / 60:.1f}" for kind, seconds in kinds.items())
+    return ["## Time", "", f"Wall minutes of the steps: {parts}; in all "
+            f"{sum(kinds.values()) / 60:.1f} (`work_dir/timings.json`, per step).", ""]
+
+
+def report_markdown(metrics: dict[str, Any], config: ExperimentConfig) -> str:
+    """The whole report."""
+    lines = [*_setup(config), *_data_table(metrics), *_runs_table(metrics),
+             *_seed_table(metrics), *reading(metrics), *_timings(metrics),
+             "![training curves](curves.png)", "", "![summary](summary.png)", "",
+             "Raw numbers: `metrics.json`; the config: `config.yaml`; the rewriting's summary: "
+             "`rewritten.summary.json`.", ""]
+    return "\n".join(lines)
