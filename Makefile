@@ -20,7 +20,7 @@ setup-full: $(VENV)/.installed-full
 ## Set up, then run the main job on the embedded default: rewrite the shipped sample
 ## problems with the packaged SmolLM2 model, then show the policy gap it closed.
 RUN_DIR := runs/sample
-RUN_ARGS ?= --limit 8 --max-tokens 256
+RUN_ARGS ?= --limit 8 --temperature 0.3 --max-tokens 256
 run: setup
 	$(VENV)/bin/mindgap rewrite --data mindgap/samples/problems.jsonl \
 	  --out $(RUN_DIR)/aligned.jsonl --overwrite $(RUN_ARGS)

@@ -4,9 +4,10 @@
 few minutes. This measures, for every problem ``scripts/make_sample_problems.py --count N``
 can write, how often SmolLM2-135M-Instruct solves it alone and with the guided prompt, with
 the quality gates on, at each ``--temperatures`` value: ``--k`` samples of each kind, all in
-one round (``--engine``: transformers, as `make run`, or vllm; ``--max-tokens``). The demo's
-problems are then the ones most likely to come out self, guided and expert (``DEMO_FIRST``
-in the script).
+one round (``--engine``: transformers, as `make run`, or vllm; ``--max-tokens``). It chose
+the templates' order in ``scripts/sample_templates.toml``: make run's 8 problems (the
+first 8) hold the three one-step templates the model can solve alone (birds, fish, ducks),
+multi-step ones it solves only with the hint, and ones it solves neither way.
 
 Run: ``.venv/bin/python benchmarks/demo_choice.py [--count 65] [--k 4]
 [--temperatures 0.3 0.7] [--max-tokens 384] [--engine transformers]``.
