@@ -340,7 +340,7 @@ def worker(engine: EngineOptions, worker: WorkerOptions, queue: QueueSettings,
                     if worker.high_water > 0 else None)
     name = worker.consumer or f"{socket.gethostname()}-{os.getpid()}"
     runner = Worker(jobs, generator, checker, name, batch_size=worker.batch_size,
-                    backpressure=backpressure)
+                    backpressure=backpressure, follow_policy=worker.follow_policy)
     runner.install_signal_handlers()
     typer.echo(f"worker {name}: waiting for tasks on {redact.redact(queue.redis_url)} "
                f"({queue.prefix})",

@@ -2,8 +2,9 @@
 tests (problems, worker processes, a Redis server of their own, reading a job's results).
 
 Run: ``python -m tests.worker_process REDIS_URL PREFIX CONSUMER [DELAY_S] [--visibility-ms MS]
-[--batch-size N]``. The engine answers ``\\boxed{<n>}`` for a question tagged ``ANSWER=<n>``
-and raises for one tagged ``POISON``. The worker logs as ``mindgap worker`` does (redacted).
+[--batch-size N] [--reload-s S]`` (a policy reload then takes S seconds). The engine answers
+``\\boxed{<n>}`` for a question tagged ``ANSWER=<n>`` and raises for one tagged ``POISON``.
+The worker logs as ``mindgap worker`` does (redacted).
 """
 
 from __future__ import annotations
@@ -35,10 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 class SlowScriptedEngine(ScriptedEngine):
     """Scripted answers after a fixed delay per call; raises on poisoned prompts."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, reload_s: float = 0.0) -> None:
         super().__init__(lambda prompt, i: "so \\boxed{"
                          + prompt.split("ANSWER=")[1].split()[0] + "}")
         self.delay_s = delay_s
+        self.reload_s = reload_s
+
+    def load_policy(self, path: str, version: int) -> None:
+        """A reload that takes ``reload_s`` (what a model load looks like)."""
+        time.sleep(self.reload_s)
+        super().load_policy(path, version)
 
     def generate(self, prompts: list[str], n: int, temperature: float, top_p: float,
                  max_tokens: int, seed: int | None = None) -> list[list[Sample]]:
@@ -60,11 +67,12 @@ def problems(count: int, poison: int | None = None) -> list[Problem]:
 
 def start_workers(url: str, prefix: str, count: int, delay_s: float, *,
                   visibility_ms: int = 1500, stderr: IO[bytes] | None = None,
-                  ) -> list[subprocess.Popen[bytes]]:
-    """``count`` worker processes ``w0 ..`` on the queue."""
+                  reload_s: float = 0.0, first: int = 0) -> list[subprocess.Popen[bytes]]:
+    """``count`` worker processes ``w<first> ..`` on the queue."""
     return [subprocess.Popen([sys.executable, "-m", "tests.worker_process", url, prefix,
-                              f"w{i}", str(delay_s), "--visibility-ms", str(visibility_ms)],
-                             cwd=ROOT, stderr=stderr) for i in range(count)]
+                              f"w{i}", str(delay_s), "--visibility-ms", str(visibility_ms),
+                              "--reload-s", str(reload_s)],
+                             cwd=ROOT, stderr=stderr) for i in range(first, first + count)]
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -157,12 +165,14 @@ def main() -> None:
     parser.add_argument("delay_s", nargs="?", type=float, default=0.0)
     parser.add_argument("--visibility-ms", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--reload-s", type=float, default=0.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     redact.install()
     queue = Queue.from_url(args.url, args.prefix, visibility_timeout_ms=args.visibility_ms)
     with LocalVerifier(workers=1) as verifier:
-        worker = Worker(queue, SlowScriptedEngine(args.delay_s), verifier, args.consumer,
+        worker = Worker(queue, SlowScriptedEngine(args.delay_s, args.reload_s), verifier,
+                        args.consumer,
                         batch_size=args.batch_size, block_ms=200)
         worker.install_signal_handlers()
         worker.run()

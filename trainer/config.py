@@ -138,6 +138,14 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(default=0, ge=0, description="Every this many steps (and at the "
                             "last), log the held-out loss statistics of eval_data as eval/loss, "
                             "eval/ce, ... (0: never).")
+    # --- online rewriting ---------------------------------------------------------------
+    publish_every: int = Field(default=0, ge=0, description="Online rewriting (needs redis): "
+                               "every this many steps publish the weights as a new policy "
+                               "version (saved as safetensors to publish_dir/v<N>, atomically, "
+                               "and recorded in Redis), which the rewriter workers load "
+                               "between batches (0: never).")
+    publish_dir: str | None = Field(default=None, description="Folder of the published "
+                                    "versions, shared with the workers (default: OUT/policy).")
     # --- output, checkpoints ------------------------------------------------------------
     out: str = Field(default="runs/train", min_length=1, description="Output folder: "
                      "config.yaml (the resolved config), metrics.jsonl, tb/, wandb/, "
@@ -208,6 +216,8 @@ class TrainConfig(BaseModel):
             raise ValueError("job needs redis")
         if self.eval_every and not self.eval_data:
             raise ValueError("eval_every needs eval_data")
+        if self.publish_every and not self.redis:
+            raise ValueError("publish_every needs redis (workers learn of versions there)")
         return self
 
 

@@ -492,6 +492,7 @@ def _run_steps(run: _Run) -> None:
                 continue
             empty_streak = 0
             record = _step(run, batch, stop, t0)
+            record.update(_publish_if_due(run))
             _log_step(run, record, metrics, bar)
             _evaluate_if_due(run, held_out, metrics)
             if _checkpoint_if_due(run, stop):
@@ -501,6 +502,17 @@ def _run_steps(run: _Run) -> None:
         if bar is not None:
             bar.close()
         metrics.close()
+
+
+def _publish_if_due(run: _Run) -> dict[str, Any]:
+    """Every ``publish_every`` steps: a new policy version for the workers (its metrics)."""
+    queue = getattr(run.stream, "queue", None)  # a RedisStream's (config: publish needs redis)
+    if not run.config.publish_every or queue is None:
+        return {}
+    from mindgap.trainer.publish import publish
+
+    return publish(queue.policy, run.config, run.step, model=run.model,
+                   tokenizer=run.tokenizer, rank=run.ctx.rank, barrier=run.ctx.barrier)
 
 
 def _evaluate_if_due(run: _Run, held_out: list[AlignedExample], metrics: Metrics) -> None:

@@ -46,6 +46,9 @@ class WorkerBeat(BaseModel):
     completed: int = Field(default=0, description="Tasks this worker has completed.")
     model: str | None = None
     policy_version: int | None = None
+    reloads: int = Field(default=0, description="Policy versions loaded since it started.")
+    last_reload_s: float | None = Field(default=None, description="Seconds the last policy "
+                                        "reload took.")
 
 
 class Heartbeats:

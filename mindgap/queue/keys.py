@@ -60,6 +60,16 @@ class Keys:
         """Sorted set: worker consumers by heartbeat expiry."""
         return f"{self.prefix}:workers"
 
+    @property
+    def policy(self) -> str:
+        """Hash: the newest published policy version (version, path, step, published_at)."""
+        return f"{self.prefix}:policy"
+
+    @property
+    def policy_log(self) -> str:
+        """Stream: every published policy version, oldest first."""
+        return f"{self.prefix}:policy:log"
+
     def worker(self, consumer: str) -> str:
         """A worker's heartbeat key (expires with its TTL)."""
         return f"{self.prefix}:workers:{consumer}"

@@ -11,13 +11,15 @@ from mindgap.queue.heartbeats import Heartbeats
 from mindgap.queue.jobs import Jobs
 from mindgap.queue.keys import REWRITERS, TRAINERS, Keys
 from mindgap.queue.models import DeadLetter, QueueStats, TrimReport
+from mindgap.queue.policy import PolicyVersions
 from mindgap.queue.store import Store, connect
 from mindgap.queue.tasks import Tasks
 
 
 class Queue:
     """The roles of one queue: ``jobs`` (the API), ``tasks`` (workers), ``aligned``
-    (trainers), ``heartbeats`` (workers' liveness); ``stats``, ``dead`` and ``trim`` are
+    (trainers), ``heartbeats`` (workers' liveness), ``policy`` (the trainer's published
+    weights, which workers follow); ``stats``, ``dead`` and ``trim`` are
     for operators (``mindgap queue``).
 
     ``visibility_timeout_ms`` and ``max_deliveries`` configure ``tasks`` (see ``Tasks``).
@@ -34,6 +36,7 @@ class Queue:
                            max_deliveries=max_deliveries)
         self.aligned = AlignedStream(self.store)
         self.heartbeats = Heartbeats(self.store)
+        self.policy = PolicyVersions(self.store)
         if create_groups:
             self.store.ensure_groups()
 

@@ -39,6 +39,7 @@ class Scripts:
     touch: Script
     heartbeat: Script
     live: Script
+    publish_policy: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

@@ -44,6 +44,29 @@ def _queue_gauges(stats: QueueStats, totals: dict[str, int]) -> Iterator[GaugeMe
     yield _gauge("live_workers", "Workers with a fresh heartbeat", len(stats.live_workers))
 
 
+def _policy_gauges(queue: Queue) -> Iterator[GaugeMetricFamily]:
+    """Online rewriting: the published policy version, and each live worker's version,
+    reloads and last reload time (from its heartbeat)."""
+    current = queue.policy.current()
+    yield _gauge("policy_version", "Newest policy version the trainer published (0: none)",
+                 current.version if current else 0)
+    worker_version = GaugeMetricFamily("mindgap_rewriter_worker_policy_version",
+                                       "Policy version each live worker rewrites with",
+                                       labels=["consumer"])
+    reloads = GaugeMetricFamily("mindgap_rewriter_worker_reloads",
+                                "Policy versions each live worker has loaded",
+                                labels=["consumer"])
+    reload_s = GaugeMetricFamily("mindgap_rewriter_worker_last_reload_seconds",
+                                 "Seconds each live worker's last policy reload took",
+                                 labels=["consumer"])
+    for beat in queue.heartbeats.workers():
+        worker_version.add_metric([beat.consumer], beat.policy_version or 0)
+        reloads.add_metric([beat.consumer], beat.reloads)
+        if beat.last_reload_s is not None:
+            reload_s.add_metric([beat.consumer], beat.last_reload_s)
+    yield from (worker_version, reloads, reload_s)
+
+
 class _QueueCollector(Collector):
     """Reads the queue's depths and the jobs' counters from Redis at scrape time."""
 
@@ -72,6 +95,7 @@ class _QueueCollector(Collector):
         try:
             stats = self.queue.stats()
             totals, statuses = self._job_totals()
+            policy = list(_policy_gauges(self.queue))
         except redis.RedisError:
             up.add_metric([], 0)
             yield up
@@ -90,6 +114,7 @@ class _QueueCollector(Collector):
         for status in JobStatus:
             jobs.add_metric([status.value], statuses.get(status, 0))
         yield jobs
+        yield from policy
 
 
 class RewriterMetrics(RequestMetrics):

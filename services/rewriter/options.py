@@ -105,6 +105,10 @@ class WorkerOptions(BaseModel):
                                         "this many seconds.")
     engine_seed: int = Field(default=0, ge=0, description="Seed of the vLLM engine (it has no "
                              "per-request seeds on CPU).")
+    follow_policy: bool = Field(default=True, description="Online rewriting: between batches, "
+                                "load the newest policy version the trainer published "
+                                "(`mindgap train --publish-every`), so examples come from "
+                                "the current weights; each example records its version.")
 
     @model_validator(mode="after")
     def _water_marks(self) -> WorkerOptions:

@@ -51,6 +51,8 @@ class WorkerStats:
     dead_lettered: int = 0
     paused_s: float = 0.0
     task_latency_s: list[float] = field(default_factory=list)
+    reload_s: list[float] = field(default_factory=list)
+    """Seconds of each policy reload (one per version followed)."""
 
 
 class Lease:
@@ -217,7 +219,7 @@ class Worker:
                  batch_size: int, block_ms: int = 1000,
                  backpressure: Backpressure | None = None, *,
                  heartbeat_every_s: float = HEARTBEAT_EVERY_S,
-                 heartbeat_ttl_s: int = HEARTBEAT_TTL_S) -> None:
+                 heartbeat_ttl_s: int = HEARTBEAT_TTL_S, follow_policy: bool = True) -> None:
         if not 0 < heartbeat_every_s < heartbeat_ttl_s:
             raise ValueError("heartbeats must come more often than they expire")
         self.queue = queue
@@ -233,6 +235,8 @@ class Worker:
         self.stop = threading.Event()
         self.outage = Outage(f"worker {consumer}", stop=self.stop)
         self._pulse: Pulse | None = None
+        self.follow_policy = follow_policy
+        self._unfollowable: int | None = None  # a version that could not be loaded
 
     def pulse_now(self) -> None:
         """Send the heartbeat at once (while ``run`` runs)."""
@@ -241,7 +245,33 @@ class Worker:
 
     def _beat_info(self) -> dict[str, Any]:
         return {**self.activity.info(), "completed": self.stats.completed,
-                "model": self.engine.model_name, "policy_version": self.engine.policy_version}
+                "model": self.engine.model_name, "policy_version": self.engine.policy_version,
+                "reloads": len(self.stats.reload_s),
+                "last_reload_s": self.stats.reload_s[-1] if self.stats.reload_s else None}
+
+    def follow(self) -> bool:
+        """Load the newest published policy version if it is newer than the engine's; True
+        when one was loaded. Called between batches, so no task is in hand: a worker killed
+        while reloading loses nothing. A version that cannot be loaded is reported once and
+        not tried again (the worker goes on with the weights it has)."""
+        current = self.queue.policy.current() if self.follow_policy else None
+        if current is None or current.version <= self.engine.policy_version \
+                or current.version == self._unfollowable:
+            return False
+        start = time.monotonic()
+        try:
+            with self.reloading():
+                self.engine.load_policy(current.path, current.version)
+        except Exception as exc:  # PolicyReloadUnsupported, a missing or broken folder
+            self._unfollowable = current.version
+            log.warning("worker %s: policy version %d (%s) not loaded, rewriting stays at "
+                        "version %d: %s", self.consumer, current.version, current.path,
+                        self.engine.policy_version, exc)
+            return False
+        self.stats.reload_s.append(time.monotonic() - start)
+        log.info("worker %s: now at policy version %d (%s), loaded in %.1f s", self.consumer,
+                 current.version, current.path, self.stats.reload_s[-1])
+        return True
 
     @contextmanager
     def reloading(self) -> Iterator[None]:
@@ -300,7 +330,9 @@ class Worker:
         return max(0, min(self.batch_size, share))
 
     def run_once(self) -> int:
-        """Claim and process one batch; returns the number of tasks claimed."""
+        """Follow the policy, then claim and process one batch; returns the number of tasks
+        claimed."""
+        self.follow()
         if self.backpressure is not None and self.backpressure.check():
             start = time.monotonic()
             self.stop.wait(min(1.0, self.block_ms / 1000))

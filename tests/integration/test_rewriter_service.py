@@ -293,6 +293,22 @@ def test_metrics(service: Service, queue: Queue) -> None:
     assert values['mindgap_rewriter_examples{source="guided"}'] >= 1
 
 
+def test_policy_metrics(service: Service, queue: Queue) -> None:
+    """Online rewriting on /metrics: the published version and each worker's."""
+    queue.policy.publish(1, "/weights/v1", step=10)
+    queue.heartbeats.beat("w-policy", info={"policy_version": 1, "reloads": 1,
+                                            "last_reload_s": 2.5})
+    try:
+        text = httpx.get(f"{service.url}/metrics").text
+    finally:
+        queue.heartbeats.gone("w-policy")
+    for line in ("mindgap_rewriter_policy_version 1.0",
+                 'mindgap_rewriter_worker_policy_version{consumer="w-policy"} 1.0',
+                 'mindgap_rewriter_worker_reloads{consumer="w-policy"} 1.0',
+                 'mindgap_rewriter_worker_last_reload_seconds{consumer="w-policy"} 2.5'):
+        assert line in text, line
+
+
 class FakeWorker(threading.Thread):
     """Completes every task with a hand-made example; fails problems whose id starts 'fail'."""
 

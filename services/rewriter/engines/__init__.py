@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mindgap.rewriter.engines.base import Engine, Sample
+from mindgap.rewriter.engines.base import Engine, PolicyReloadUnsupported, Sample
 from mindgap.rewriter.options import EngineKind
 
-__all__ = ["Engine", "EngineKind", "Sample", "make_engine"]
+__all__ = ["Engine", "EngineKind", "PolicyReloadUnsupported", "Sample", "make_engine"]
 
 
 def make_engine(kind: EngineKind, model: str | None = None, **options: Any) -> Engine:

@@ -46,6 +46,10 @@ def is_unit_temperature(temperature: float) -> bool:
     return abs(temperature - 1.0) < _UNIT_TEMPERATURE_EPS
 
 
+class PolicyReloadUnsupported(RuntimeError):
+    """The engine cannot load new weights (its policy version cannot advance)."""
+
+
 class Engine(ABC):
     """Generates from rendered (chat-templated) prompt strings."""
 
@@ -108,6 +112,12 @@ class Engine(ABC):
     def _score_tokens_batch(self, rows: list[ScoreRow]) -> list[list[float]]:
         """The hook for many rows (at least one); by default one ``_score_tokens`` each."""
         return [self._score_tokens(*row) for row in rows]
+
+    def load_policy(self, path: str, version: int) -> None:
+        """Generate and score with the weights of the folder ``path`` from now on, as policy
+        ``version`` (online rewriting); :class:`PolicyReloadUnsupported` where the engine
+        cannot, so its version cannot advance."""
+        raise PolicyReloadUnsupported(f"the {type(self).__name__} cannot load new weights")
 
     def close(self) -> None:  # noqa: B027 - engines without resources need not override
         """Release the engine's resources (processes, memory)."""

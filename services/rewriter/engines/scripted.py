@@ -25,6 +25,12 @@ class ScriptedEngine(Engine):
         self.policy_version = policy_version
         self.eos_token_id = 0
         self.calls: list[tuple[int, int]] = []  # (prompts, n) per generate call
+        self.loaded: list[tuple[str, int]] = []  # (path, version) per load_policy
+
+    def load_policy(self, path: str, version: int) -> None:
+        """Record the load (the script stays the same)."""
+        self.loaded.append((path, version))
+        self.policy_version = version
 
     def render_chat(self, user_message: str) -> str:
         return f"<user>{user_message}</user><assistant>"

@@ -55,6 +55,14 @@ class TransformersEngine(Engine):
         self._eos = {i for i in [*eos_ids, self.tokenizer.eos_token_id] if i is not None}
         self.eos_token_id = self.tokenizer.eos_token_id
 
+    def load_policy(self, path: str, version: int) -> None:
+        """Swap in the model of the folder ``path`` (same tokenizer), as ``version``."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype)
+        self.model = model.to(self.device).eval()
+        self.policy_version = version
+
     def _generation_config(self, temperature: float, top_p: float, max_tokens: int) -> Any:
         from transformers import GenerationConfig
 

@@ -113,8 +113,6 @@ class VLLMEngine(Engine):
         if on_cpu and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ \
                 and len(cpus) <= _SMALL_HOST_CPUS:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
-        from vllm import LLM
-
         self.path = resolve_model(model)
         self.model_name = model or DEFAULT_MODEL
         self.policy_version = policy_version
@@ -123,17 +121,33 @@ class VLLMEngine(Engine):
         self._lock = threading.Lock()
         self._reference: Any = None
         engine_kwargs.setdefault("enforce_eager", on_cpu)
-        before = _vllm_children()
-        self._llm: Any = LLM(
-            model=self.path, seed=seed, max_model_len=max_model_len,
+        self._llm_kwargs: dict[str, Any] = dict(
+            seed=seed, max_model_len=max_model_len,
             gpu_memory_utilization=(gpu_memory_utilization if gpu_memory_utilization is not None
                                     else 0.3 if on_cpu else 0.9),
             dtype=dtype or ("float32" if on_cpu else "auto"),
             logprobs_mode="processed_logprobs", **engine_kwargs)
-        self._processes = _vllm_children() - before
+        self._llm: Any = None
+        self._start(self.path)
         self.per_request_seeds = not on_cpu
         self.tokenizer: Any = self._llm.get_tokenizer()
         self.eos_token_id = self.tokenizer.eos_token_id
+
+    def _start(self, path: str) -> None:
+        """Start a ``vllm.LLM`` on the weights of ``path`` (the other settings unchanged)."""
+        from vllm import LLM
+
+        before = _vllm_children()
+        self._llm = LLM(model=path, **self._llm_kwargs)
+        self._processes = _vllm_children() - before
+
+    def load_policy(self, path: str, version: int) -> None:
+        """Restart the engine on the weights of ``path`` (vllm-cpu 0.32 has no in-place
+        weight update from another process's files); the engine seed starts over."""
+        self.close()
+        self.path = path
+        self._start(path)
+        self.policy_version = version
 
     @property
     def llm(self) -> Any:
