@@ -32,7 +32,7 @@ from mindgap.rewriter.experiment_config import ExperimentConfig, run_name
 from mindgap.rewriter.gap import GapReport
 
 DATA_KINDS = ("expert", "rewritten")
-CURVE_KEYS = ("loss", "ce", "grad_norm", "w_mean", "w_var", "ess_frac")
+CURVE_KEYS = ("loss", "ce", "grad_norm", "w_mean", "w_var", "ess_frac", "response_tokens")
 
 
 def _data_metrics(config: ExperimentConfig, kind: str) -> dict[str, Any]:
@@ -61,12 +61,13 @@ def _steadiness(curves: dict[str, list[float]]) -> dict[str, float | None]:
     loss, grad = curves["loss"], curves["grad_norm"]
     if not loss:
         return {"final_loss": None, "grad_norm_mean": None, "grad_norm_sd": None,
-                "loss_jitter": None}
+                "loss_jitter": None, "response_tokens": 0}
     mean = sum(grad) / len(grad)
     sd = math.sqrt(sum((g - mean) ** 2 for g in grad) / len(grad))
     jumps = [abs(b - a) for a, b in itertools.pairwise(loss)]
     return {"final_loss": loss[-1], "grad_norm_mean": mean, "grad_norm_sd": sd,
-            "loss_jitter": sum(jumps) / len(jumps) if jumps else None}
+            "loss_jitter": sum(jumps) / len(jumps) if jumps else None,
+            "response_tokens": int(sum(curves["response_tokens"]))}
 
 
 def _accuracy(results: dict[str, Any]) -> dict[str, float]:
@@ -101,8 +102,10 @@ def collect(config: ExperimentConfig) -> dict[str, Any]:
     for name in [START, *runs]:
         drift = drift_of(GapReport.model_validate(read_json(layout.drift(name))), start_mean)
         row = runs.setdefault(name, {"arm": START, "data": None, "loss": None, "seed": None})
+        average = evals[name].get(AVERAGE) or {}
         row.update({"drift_kl": drift.kl, "drift_expert_logprob": drift.expert_logprob,
-                    "accuracy": _accuracy(evals[name])})
+                    "accuracy": _accuracy(evals[name]), "no_answer": average.get("no_answer"),
+                    "mean_tokens": average.get("mean_tokens")})
         if name != START:
             row["vs_start"] = _difference(evals[START], evals[name], config)
             row["vs_baseline"] = None if name == baseline else \

@@ -58,7 +58,7 @@ def _data_table(metrics: dict[str, Any]) -> list[str]:
 def _runs_table(metrics: dict[str, Any]) -> list[str]:
     n = metrics["eval"]["n"]
     benchmarks = metrics["eval"]["benchmarks"]
-    head = ["run", "data", "loss", "final loss", "grad norm mean ± sd", "loss jitter",
+    head = ["run", "data", "loss", "tokens", "final loss", "grad norm mean ± sd", "loss jitter",
             "drift KL", "expert log-prob", *(f"{b} avg@{n}" for b in benchmarks), "average",
             "vs start", f"vs {metrics['baseline']}"]
     lines = ["## Runs", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -67,7 +67,9 @@ def _runs_table(metrics: dict[str, Any]) -> list[str]:
         grad = "–" if row.get("grad_norm_mean") is None else \
             f"{row['grad_norm_mean']:.2f} ± {row['grad_norm_sd']:.2f}"
         lines.append("| " + " | ".join([
-            name, row["data"] or "–", row["loss"] or "–", _num(row.get("final_loss")), grad,
+            name, row["data"] or "–", row["loss"] or "–",
+            str(row["response_tokens"]) if "response_tokens" in row else "–",
+            _num(row.get("final_loss")), grad,
             _num(row.get("loss_jitter")), _num(row["drift_kl"], 4),
             _num(row["drift_expert_logprob"]),
             *(f"{100 * acc.get(b, 0):.1f}" for b in benchmarks),
@@ -75,10 +77,11 @@ def _runs_table(metrics: dict[str, Any]) -> list[str]:
             "–" if name == START else _points(row["vs_start"]),
             "–" if name == START else _points(row["vs_baseline"])]) + " |")
     return [*lines, "", "Accuracies in percent; differences in points with the paired "
-            "bootstrap 95% interval over held-out problems. Loss jitter: mean |loss change| "
-            "between steps. Drift KL: per-token KL(start || model) on the start model's own "
-            "responses (0 for the start model up to scoring noise); expert log-prob: mean "
-            "token log-prob of the drift problems' expert solutions.", ""]
+            "bootstrap 95% interval over held-out problems. Tokens: response tokens trained "
+            "on. Loss jitter: mean |loss change| between steps. Drift KL: per-token "
+            "KL(start || model) on the start model's own responses (0 for the start model up "
+            "to scoring noise); expert log-prob: mean token log-prob of the drift problems' "
+            "expert solutions.", ""]
 
 
 def _seed_table(metrics: dict[str, Any]) -> list[str]:
@@ -110,8 +113,20 @@ def reading(metrics: dict[str, Any]) -> list[str]:
              "- Held-out accuracy: " + (
                  "no run differs from the start model beyond its 95% interval."
                  if not beyond else "beyond the 95% interval from the start model: "
-                 + ", ".join(beyond) + ".")]
+                 + ", ".join(beyond) + ".") + " " + _versus_baseline(metrics),
+             "- Held-out responses (mean tokens, share with no stated answer): " + ", ".join(
+                 f"{n} {_num(r.get('mean_tokens'), 0)} / {100 * (r.get('no_answer') or 0):.0f}%"
+                 for n, r in runs.items()) + "."]
     return [*lines, ""]
+
+
+def _versus_baseline(metrics: dict[str, Any]) -> str:
+    """Which runs differ from the baseline run beyond their 95% interval."""
+    differ = [n for n, r in metrics["runs"].items() if r.get("vs_baseline")
+              and (r["vs_baseline"]["low"] > 0 or r["vs_baseline"]["high"] < 0)]
+    if not differ:
+        return f"No run differs from {metrics['baseline']} beyond its interval."
+    return f"Beyond the interval from {metrics['baseline']}: {', '.join(differ)}."
 
 
 def _timings(metrics: dict[str, Any]) -> list[str]:
