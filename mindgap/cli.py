@@ -231,7 +231,7 @@ def rewrite(
         fail(str(exc))
     checker = _verifier(verifier)
     try:
-        generator = _engine(engine, options.seed)
+        generator = _engine(engine, options.seed, options.max_tokens + 2048)
     except typer.Exit:
         checker.close()
         raise
