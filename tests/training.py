@@ -7,9 +7,11 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -68,3 +70,20 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool],
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
+
+
+def train_beside_worker(config: TrainConfig, worker: Any, timeout_s: float) -> tuple[dict, bool]:
+    """Train per ``config`` in a thread while ``worker`` (a rewriter ``Worker``) runs in
+    another; stop the worker once training ends or ``timeout_s`` passes. The training
+    summary, and whether training ended in time."""
+    from mindgap.trainer.loop import train
+
+    summary: dict = {}
+    trainer = threading.Thread(target=lambda: summary.update(train(config)), daemon=True)
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    trainer.start()
+    trainer.join(timeout=timeout_s)
+    worker.stop.set()
+    runner.join(timeout=30)
+    return summary, not trainer.is_alive()

@@ -12,7 +12,6 @@ finds expert text it never saw.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -90,8 +89,3 @@ def drift_of(report: GapReport, start_mean: float) -> Drift:
                  own_logprob=own.mean_logprob,
                  expert_logprob=report.groups["expert_solutions"].mean_logprob,
                  tokens=own.tokens)
-
-
-def drift_summary(drifts: dict[str, Drift]) -> dict[str, dict[str, Any]]:
-    """The drifts as plain dicts by run name (the report's raw metrics)."""
-    return {name: drift.model_dump() for name, drift in drifts.items()}

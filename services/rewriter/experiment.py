@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
-from mindgap.datasets import PRESET_FILES, read_problems, write_jsonl
+from mindgap.datasets import read_problems, write_jsonl
 from mindgap.jsonl import read_models
 from mindgap.options import to_flags
-from mindgap.rewriter.eval_options import BENCHMARK_FILES
+from mindgap.rewriter.eval_options import BenchmarkOptions
 from mindgap.rewriter.experiment_config import ExperimentConfig, ProblemSplit, run_name
 from mindgap.schemas import AlignedExample, Problem
 
@@ -105,13 +105,13 @@ def check_work_dir(config: ExperimentConfig, force: bool = False) -> None:
 
 def _read(config: ExperimentConfig, split: ProblemSplit, name: str, limit: int | None
           ) -> list[Problem]:
-    """The first ``limit`` problems of one part of ``split``."""
+    """The first ``limit`` problems of one part of ``split`` (a benchmark is read as
+    ``mindgap eval`` reads it)."""
     if split.dataset:
         return read_problems(split.dataset, preset=split.preset or "mindgap",
                              split=split.split, limit=limit)
-    file = BENCHMARK_FILES[name]
-    return read_problems(str(Path(config.data_dir) / file), preset=PRESET_FILES[file],
-                         limit=limit)
+    benchmark, = BenchmarkOptions(benchmarks=name, data_dir=config.data_dir).resolve()
+    return benchmark.read(split.split, limit)
 
 
 def _take(config: ExperimentConfig, split: ProblemSplit, taken: dict[str, int]
@@ -234,9 +234,7 @@ class Runner:
             examples = sample_reference(engine, problems, self.config.drift_max_tokens,
                                         seed=self.config.eval.seed)
         self.record_time("drift-set", time.monotonic() - start)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text("".join(e.model_dump_json() + "\n" for e in examples), encoding="utf-8")
-        tmp.replace(out)
+        write_jsonl(out, examples)
 
     def train(self, run: str, data: str, loss: str, seed: int) -> None:
         """One arm and seed: ``mindgap train`` from the start model into ``arms/RUN``."""
@@ -293,7 +291,9 @@ class Runner:
 
 def copy_rewrite_summary(config: ExperimentConfig, target: Path) -> None:
     """The rewritten data's summary, next to the report."""
-    summary = Layout(config).dataset("rewritten").with_name("rewritten.jsonl.summary.json")
+    from mindgap.rewriter.rewrite import summary_path
+
+    summary = summary_path(Layout(config).dataset("rewritten"))
     if summary.exists():
         shutil.copyfile(summary, target / "rewritten.summary.json")
 

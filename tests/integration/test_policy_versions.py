@@ -4,7 +4,6 @@ produced it; a worker killed while reloading loses nothing."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from mindgap.rewriter.worker import Worker
 from mindgap.schemas import AlignedExample, Problem
 from mindgap.verifier.pool import LocalVerifier
 from tests.conftest import REDIS_URL
+from tests.training import train_beside_worker
 from tests.worker_process import problems, start_workers, stop, wait_finished
 
 
@@ -94,7 +94,6 @@ def test_trainer_versions_reach_the_workers_and_the_examples(prefix: str,
     backpressure so that it rewrites while training runs: versions propagate."""
     from mindgap.queue import Backpressure
     from mindgap.trainer.config import TrainConfig
-    from mindgap.trainer.loop import train
     from mindgap.trainer.testing import save_tiny_model
 
     model = save_tiny_model(tmp_path / "tiny")
@@ -106,19 +105,12 @@ def test_trainer_versions_reach_the_workers_and_the_examples(prefix: str,
                          out=str(tmp_path / "train"), loss="is", max_steps=100,
                          global_batch=4, batch_tokens=256, lr=1e-3, progress=False,
                          redis_block_ms=100, publish_every=2)
-    summary: dict = {}
-    trainer = threading.Thread(target=lambda: summary.update(train(config)), daemon=True)
     engine = ScriptedEngine(bernoulli_script(1.0))
     with LocalVerifier(workers=1) as verifier:
         worker = Worker(queue, engine, verifier, "w0", batch_size=2, block_ms=100,
                         backpressure=Backpressure(queue.aligned, 4, 2, interval_s=0.05))
-        runner = threading.Thread(target=worker.run, daemon=True)
-        runner.start()
-        trainer.start()
-        trainer.join(timeout=240)
-        worker.stop.set()
-        runner.join(timeout=30)
-    assert not trainer.is_alive() and summary["stopped"] == "exhausted"
+        summary, ended = train_beside_worker(config, worker, timeout_s=240)
+    assert ended and summary["stopped"] == "exhausted"
     published = queue.policy.history()
     assert [v.version for v in published] == list(range(1, summary["steps"] // 2 + 1))
     assert all((Path(v.path) / "model.safetensors").exists() for v in published)

@@ -25,7 +25,15 @@ from mindgap.trainer.loop import train
 from mindgap.trainer.redis_source import RedisStream
 from mindgap.trainer.testing import save_tiny_model, synthetic_examples
 from tests.conftest import drop_keys
-from tests.training import ROOT, kill_when, max_diff, steps, subprocess_env, weights
+from tests.training import (
+    ROOT,
+    kill_when,
+    max_diff,
+    steps,
+    subprocess_env,
+    train_beside_worker,
+    weights,
+)
 
 URL = os.environ.get("MINDGAP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN = dict(loss="is", max_steps=6, global_batch=6, batch_tokens=40, lr=1e-2, warmup_steps=2,
@@ -268,21 +276,14 @@ def test_backpressure_with_checkpoint_acks_does_not_stall(make_queue, model, tmp
     problems = [Problem(id=f"p{i}", question=f"q{i} ANSWER={i}", solution=f"\\boxed{{{i}}}",
                         answer=str(i)) for i in range(40)]
     queue.jobs.create("stall", problems)
-    summary: dict = {}
-    trainer = threading.Thread(target=lambda: summary.update(train(_config(
-        model, queue, tmp_path, job="stall", max_steps=1000, global_batch=4, save_every=0))),
-        daemon=True)
+    config = _config(model, queue, tmp_path, job="stall", max_steps=1000, global_batch=4,
+                     save_every=0)
     with LocalVerifier(workers=1) as verifier:
         worker = Worker(queue, ScriptedEngine(bernoulli_script(1.0)), verifier, "w0",
                         batch_size=4, block_ms=100,
                         backpressure=Backpressure(queue.aligned, 10, 5, interval_s=0.1))
-        runner = threading.Thread(target=worker.run, daemon=True)
-        runner.start()
-        trainer.start()
-        trainer.join(timeout=180)
-        worker.stop.set()
-        runner.join(timeout=30)
-    assert not trainer.is_alive(), f"trainer stalled: {queue.jobs.status('stall')}"
+        summary, ended = train_beside_worker(config, worker, timeout_s=180)
+    assert ended, f"trainer stalled: {queue.jobs.status('stall')}"
     assert queue.jobs.status("stall").status == "completed"
     assert summary["stopped"] == "exhausted" and summary["examples"] == 40
     assert _pending(queue) == 0 and queue.aligned.lag() == 0
