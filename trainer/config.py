@@ -146,6 +146,13 @@ class TrainConfig(BaseModel):
                                "between batches (0: never).")
     publish_dir: str | None = Field(default=None, description="Folder of the published "
                                     "versions, shared with the workers (default: OUT/policy).")
+    max_staleness: int | None = Field(default=None, ge=0, description="Online rewriting (needs "
+                                      "redis): a model response sampled more than this many "
+                                      "policy versions before the trainer's current one is "
+                                      "dropped and its problem re-queued for rewriting (once per "
+                                      "problem; a second stale response is trained on, "
+                                      "corrected by its behavior log-probs). Expert fallbacks "
+                                      "are never stale. Unset: no bound.")
     # --- output, checkpoints ------------------------------------------------------------
     out: str = Field(default="runs/train", min_length=1, description="Output folder: "
                      "config.yaml (the resolved config), metrics.jsonl, tb/, wandb/, "
@@ -218,6 +225,8 @@ class TrainConfig(BaseModel):
             raise ValueError("eval_every needs eval_data")
         if self.publish_every and not self.redis:
             raise ValueError("publish_every needs redis (workers learn of versions there)")
+        if self.max_staleness is not None and not self.publish_every:
+            raise ValueError("max_staleness needs publish_every (versions to be stale against)")
         return self
 
 
