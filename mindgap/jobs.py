@@ -49,6 +49,9 @@ class JobState(BaseModel):
     done: int
     failed: int
     skipped: int = Field(description="Tasks acknowledged unprocessed (a cancelled job).")
+    requeued: int = Field(default=0, description="Problems a trainer re-queued because their "
+                          "example was too stale to train on (online rewriting); each is done "
+                          "again, so it counts in done once.")
     remaining: int
     counts: dict[str, int] = Field(description="Done examples per source: self, guided, expert.")
     created: float = Field(description="Unix time (Redis clock).")

@@ -180,7 +180,8 @@ def build_stream(config: TrainConfig, ctx: DistContext) -> ExampleStream:
         return RedisStream(queue, consumer=consumer, job=config.job, rank=ctx.rank,
                            world_size=ctx.world_size, broadcast=ctx.broadcast,
                            block_ms=config.redis_block_ms,
-                           idle_timeout_s=config.redis_idle_timeout_s)
+                           idle_timeout_s=config.redis_idle_timeout_s,
+                           max_staleness=config.max_staleness)
     if not config.data:
         raise ValueError("no data: set data (aligned JSONL/Parquet files) or redis (a URL)")
     return FileStream(config.data, seed=config.seed, shuffle=config.shuffle,
@@ -378,6 +379,11 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
         "world_size": ctx.world_size, "dist_mode": run.mode,
         "source_state": run.stream.state(),
     }
+    bound = getattr(run.stream, "staleness", None)  # a RedisStream's (online rewriting)
+    if bound is not None:
+        summary["staleness"] = {"trained": dict(sorted(bound.histogram.items())),
+                                "dropped": bound.dropped, "requeued": bound.requeued,
+                                "trained_stale": bound.trained_stale}
     if ctx.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if stream is None:  # built here, closed here
@@ -621,7 +627,7 @@ def _record(run: _Run, batch: _Batch, stats: LossStats, grad_norm: torch.Tensor,
         "input_tokens": int(batch.n_input), "response_tokens": int(batch.n_response),
         "micro_batches": batch.n_micro, "step_s": elapsed,
         "tokens_per_s": batch.n_input / elapsed if elapsed > 0 else 0.0,
-        "epoch": run.stream.state().get("epoch"),
+        "epoch": run.stream.state().get("epoch"), **run.stream.metrics(),
     }
     if run.config.log_example_ids:
         record["example_ids"] = [e.example_id for e in batch.encoded] + \

@@ -21,6 +21,11 @@ begins and once when it ends). A reply lost to a dropped connection cannot lose 
 every read first serves this consumer's pending entries after the last one served (they
 can only come from a lost reply) before reading new ones.
 
+With ``max_staleness`` (online rewriting), rank 0 reads the newest published policy version
+before each batch and drops model responses sampled too many versions before it, re-queueing
+their problems (``mindgap.trainer.staleness``): a dropped entry is acknowledged by the same
+script that re-queues it, so a kill between the two cannot re-queue it twice or lose it.
+
 A run stops when ``next_batch`` returns nothing: with ``job``, once the job is finished and
 every aligned entry added before it finished has been delivered; without, after
 ``idle_timeout_s`` without a new entry (``None``: wait for ever; ``max_steps`` ends the run).
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +43,7 @@ from mindgap.queue import FINISHED, Queue, entry_order
 from mindgap.queue.store import Outage
 from mindgap.schemas import AlignedExample
 from mindgap.trainer.sources import ExampleStream
+from mindgap.trainer.staleness import StalenessBound
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +57,13 @@ class RedisStream(ExampleStream):
 
     ``broadcast(obj)`` sends rank 0's object to every rank and returns it (required when
     ``world_size > 1``). ``block_ms``: the longest single wait on the stream.
+    ``max_staleness``: the bound in policy versions (None: none).
     """
 
     def __init__(self, queue: Queue, *, consumer: str, job: str | None = None, rank: int = 0,
                  world_size: int = 1, broadcast: Callable[[Any], Any] | None = None,
-                 block_ms: int = 1000, idle_timeout_s: float | None = None) -> None:
+                 block_ms: int = 1000, idle_timeout_s: float | None = None,
+                 max_staleness: int | None = None) -> None:
         if world_size > 1 and broadcast is None:
             raise ValueError("several ranks need a broadcast function")
         self.queue, self.consumer, self.job = queue, consumer, job
@@ -66,7 +74,10 @@ class RedisStream(ExampleStream):
         self._committed_id: str | None = None   # every delivered entry <= it is trained
         self._replay: deque[tuple[str, AlignedExample]] = deque()
         self._recovered = False                 # the consumer's pending entries were read
-        self._issued: deque[list[str]] = deque()  # global ids of each batch not committed
+        # global ids of each batch not committed, and its model responses by staleness
+        self._issued: deque[tuple[list[str], Counter[int]]] = deque()
+        self.staleness = StalenessBound(max_staleness)
+        self._batch_staleness: Counter[int] = Counter()  # of the last batch served
         self._trained: list[str] = []           # committed, not yet acknowledged
         self._finished = False
         self._drain_mark: str | None = None
@@ -125,42 +136,56 @@ class RedisStream(ExampleStream):
         if status is None:
             raise RuntimeError(f"job {self.job!r} disappeared from Redis")
         if status.status not in FINISHED:
+            self._drain_mark = None  # a re-queued problem reopened the job: mark again later
             return False
         if self._drain_mark is None:  # every entry of the job was added before this id
             self._drain_mark = self._outage.call(self.stream.last_id)
         mark = self._drain_mark
         return self._outage.call(lambda: self.stream.delivered_through(mark))
 
-    def _read(self, n: int) -> Batch:
+    def _admit(self, entries: Batch, counts: Counter[int]) -> Batch:
+        """The entries to train on (stale ones dropped and re-queued); ``counts`` gets their
+        model responses by staleness."""
+        kept, batch_counts = self.staleness.admit(
+            entries, lambda eid, ex: self._outage.call(lambda: self.stream.requeue(eid, ex)))
+        counts.update(batch_counts)
+        return kept
+
+    def _read(self, n: int) -> tuple[Batch, Counter[int]]:
         if not self._recovered:
             self._recover()
+        current = self._outage.call(self.queue.policy.current)
+        self.staleness.version = current.version if current else 0
         out: Batch = []
+        counts: Counter[int] = Counter()
         while self._replay and len(out) < n:
-            out.append(self._replay.popleft())
+            out += self._admit([self._replay.popleft()], counts)
         last_new = time.monotonic()
         while len(out) < n and not self._finished:
             got = self._read_new(n - len(out))
             if got:
-                out += got
+                out += self._admit(got, counts)
                 last_new = time.monotonic()
             elif self.job is not None:
                 self._finished = self._job_drained()
             elif self.idle_timeout_s is not None:
                 self._finished = time.monotonic() - last_new >= self.idle_timeout_s
-        return out
+        return out, counts
 
     # --- ExampleStream ------------------------------------------------------------------
 
     def next_batch(self, n: int) -> Batch:
-        batch = self._broadcast(self._read(n) if self.rank == 0 else None)
-        self._issued.append([entry_id for entry_id, _ in batch])
+        batch, counts = self._read(n) if self.rank == 0 else (None, Counter())
+        batch = self._broadcast(batch)
+        self._issued.append(([entry_id for entry_id, _ in batch], counts))
+        self._batch_staleness = counts
         return [item for i, item in enumerate(batch) if i % self.world_size == self.rank]
 
     def commit(self, keys: Sequence[str]) -> None:
         """Mark the oldest uncommitted batch trained (``keys``: this rank's share of it)."""
         if not self._issued:
             raise RuntimeError("commit without an uncommitted batch")
-        ids = self._issued.popleft()
+        ids, counts = self._issued.popleft()
         if not set(keys) <= set(ids):
             raise ValueError("commit of keys outside the oldest uncommitted batch")
         if ids:
@@ -169,6 +194,12 @@ class RedisStream(ExampleStream):
         if self.rank == 0:
             trained = len(self._trained)
             self._outage.call(lambda: self.stream.set_trained(self.consumer, trained))
+            self._outage.call(lambda: self.stream.count_trained(counts))
+            self.staleness.histogram.update(counts)
+
+    def metrics(self) -> dict[str, float]:
+        """The last batch's policy version and staleness, and the run's stale counts."""
+        return self.staleness.metrics(self._batch_staleness)
 
     def settle(self) -> None:
         """Acknowledge every trained entry (a checkpoint now holds them, or the run ended),

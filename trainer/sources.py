@@ -54,6 +54,10 @@ class ExampleStream(abc.ABC):
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from a position returned by ``state()``."""
 
+    def metrics(self) -> dict[str, float]:
+        """Numbers about the last batch served, for its step's record (none by default)."""
+        return {}
+
     def settle(self) -> None:  # noqa: B027 - optional hook
         """The position of the last ``state()`` is durable (a checkpoint holds it, or the run
         ended): a live stream acknowledges the examples it covers."""

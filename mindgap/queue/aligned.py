@@ -1,6 +1,9 @@
 """The aligned stream ``P:aligned``: results for the trainers (consumer group ``trainers``).
 
-Entries have the fields ``job``, ``example_id``, ``example``. A trainer reads new entries
+Entries have the fields ``job``, ``example_id``, ``example`` and, for a job's results,
+``problem``, ``options`` (the task's) and ``result_id`` (the job's result entry), with which a
+trainer re-queues the problem of an example too stale to train on (``requeue``, counted
+in the hash ``P:staleness`` beside the staleness of what it trains on). A trainer reads new entries
 (``read_new``), reports how many of its pending ones it has trained on (``set_trained``,
 kept in the hash ``P:trained``) and acknowledges them once a checkpoint holds them
 (``ack``). ``lag`` is the one definition of the trainer lag, used by the workers'
@@ -9,13 +12,13 @@ backpressure. ``trim`` deletes only what every consumer group has acknowledged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import redis
 from pydantic import ValidationError
 
 from mindgap.queue.keys import TRAINERS, entry_order, next_id
-from mindgap.queue.models import StreamDepth
+from mindgap.queue.models import Requeue, StalenessCounts, StreamDepth
 from mindgap.queue.store import Store
 from mindgap.schemas import AlignedExample
 
@@ -73,6 +76,35 @@ class AlignedStream:
         if not entry_ids:
             return 0
         return int(self._store.redis.xack(self._key, TRAINERS, *entry_ids))
+
+    def requeue(self, entry_id: str, example: AlignedExample) -> Requeue:
+        """Drop the pending entry ``entry_id`` (holding ``example``) as too stale and re-queue
+        its problem for rewriting: atomically, and at most once per problem of a job
+        (``lua/requeue.lua``); see ``Requeue`` for the outcomes."""
+        entry = self._store.redis.xrange(self._key, entry_id, entry_id)
+        job_id = entry[0][1].get("job", "") if entry else ""
+        if not job_id:  # an imported example (AlignedStream.publish), or a deleted entry
+            return Requeue.KEEP if entry else Requeue.SETTLED
+        keys = self._store.keys
+        return Requeue(int(self._store.scripts.requeue(
+            keys=[*keys.job_keys(job_id), keys.tasks, self._key, keys.staleness],
+            args=[TRAINERS, entry_id, example.problem_id, example.source])))
+
+    def count_trained(self, staleness: Mapping[int, int]) -> None:
+        """Add model responses trained on, by staleness, to the queue's counters."""
+        if staleness:
+            pipe = self._store.redis.pipeline(transaction=False)
+            for versions, count in staleness.items():
+                pipe.hincrby(self._store.keys.staleness, f"trained:{versions}", count)
+            pipe.execute()
+
+    def staleness(self) -> StalenessCounts:
+        """The trainers' staleness counters (dropped, re-queued, trained by staleness)."""
+        raw = self._store.redis.hgetall(self._store.keys.staleness)
+        trained = {int(k.split(":", 1)[1]): int(v) for k, v in raw.items()
+                   if k.startswith("trained:")}
+        return StalenessCounts(dropped=int(raw.get("dropped", 0)),
+                               requeued=int(raw.get("requeued", 0)), trained=trained)
 
     def set_trained(self, consumer: str, count: int) -> None:
         """Record how many of ``consumer``'s pending entries it has trained on (0 removes the

@@ -67,7 +67,8 @@ def job_state(raw: dict[str, str]) -> JobState:
     finished = raw.get("finished")
     return JobState(
         id=raw["id"], status=JobStatus(raw["status"]), total=total, done=done, failed=failed,
-        skipped=skipped, remaining=max(0, total - done - failed - skipped),
+        skipped=skipped, requeued=int(raw.get("requeued", 0)),
+        remaining=max(0, total - done - failed - skipped),
         counts={s: int(raw.get(s, 0)) for s in SOURCES},
         created=float(raw.get("created", 0.0)), updated=float(raw.get("updated", 0.0)),
         finished=float(finished) if finished else None, last_error=raw.get("last_error"),

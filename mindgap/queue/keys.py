@@ -70,6 +70,12 @@ class Keys:
         """Stream: every published policy version, oldest first."""
         return f"{self.prefix}:policy:log"
 
+    @property
+    def staleness(self) -> str:
+        """Hash: the trainers' staleness counters: ``dropped`` and ``requeued`` stale examples,
+        ``trained:<s>`` model responses trained on ``s`` versions after they were sampled."""
+        return f"{self.prefix}:staleness"
+
     def worker(self, consumer: str) -> str:
         """A worker's heartbeat key (expires with its TTL)."""
         return f"{self.prefix}:workers:{consumer}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,3 +74,28 @@ class TrimReport(BaseModel):
 
     aligned: int = Field(description="Aligned entries every consumer group had acknowledged.")
     consumers: list[str] = Field(description="Idle consumers without pending entries.")
+
+
+class Requeue(IntEnum):
+    """What ``AlignedStream.requeue`` did with a stale entry."""
+
+    REQUEUED = 1
+    """Dropped; its problem is a task again (the job reopened if it had finished)."""
+    KEEP = 0
+    """Not re-queued (its problem was re-queued before, its job is unknown, or the entry does
+    not carry its problem): the trainer trains on it, corrected by its behavior log-probs."""
+    SETTLED = -1
+    """Not pending any more: dropped and re-queued earlier (a repeated call)."""
+    CANCELLED = -2
+    """Its job was cancelled: dropped, not re-queued."""
+
+
+class StalenessCounts(BaseModel):
+    """The trainers' staleness counters of one queue (``P:staleness``)."""
+
+    dropped: int = Field(default=0, description="Stale examples dropped by a trainer.")
+    requeued: int = Field(default=0, description="Of those, how many had their problem "
+                          "re-queued for rewriting.")
+    trained: dict[int, int] = Field(default_factory=dict, description="Model responses "
+                                    "trained on, by staleness: versions between the one that "
+                                    "sampled them and the trainer's at that step.")

@@ -13,7 +13,7 @@ from importlib.resources import files
 import redis
 from redis.commands.core import Script
 
-_COMMON = frozenset({"init_job", "complete", "fail", "start", "cancel"})
+_COMMON = frozenset({"init_job", "complete", "fail", "start", "cancel", "requeue"})
 
 
 @cache
@@ -40,6 +40,7 @@ class Scripts:
     heartbeat: Script
     live: Script
     publish_policy: Script
+    requeue: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import redis
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from mindgap.http import LATENCY_BUCKETS, RequestMetrics
@@ -67,6 +67,29 @@ def _policy_gauges(queue: Queue) -> Iterator[GaugeMetricFamily]:
     yield from (worker_version, reloads, reload_s)
 
 
+STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16)
+"""Upper bounds (in policy versions) of the trained-staleness histogram's buckets."""
+
+
+def _staleness_metrics(queue: Queue) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+    """Online rewriting: the trainers' stale drops and re-queues, and the staleness of the
+    model responses they trained on (a histogram in policy versions)."""
+    counts = queue.aligned.staleness()
+    yield _gauge("stale_dropped", "Stale examples the trainers dropped", counts.dropped)
+    yield _gauge("stale_requeued", "Problems of stale examples re-queued for rewriting",
+                 counts.requeued)
+    buckets, below = [], 0
+    for bound in STALENESS_BUCKETS:
+        below = sum(n for s, n in counts.trained.items() if s <= bound)
+        buckets.append((str(bound), below))
+    total = sum(counts.trained.values())
+    buckets.append(("+Inf", total))
+    yield HistogramMetricFamily(
+        "mindgap_rewriter_trained_staleness", "Model responses trained on, by the policy "
+        "versions published between their sampling and their training step",
+        buckets=buckets, sum_value=sum(s * n for s, n in counts.trained.items()))
+
+
 class _QueueCollector(Collector):
     """Reads the queue's depths and the jobs' counters from Redis at scrape time."""
 
@@ -90,12 +113,12 @@ class _QueueCollector(Collector):
                 totals[name] += int(value or 0)
         return totals, statuses
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
         up = GaugeMetricFamily("mindgap_rewriter_redis_up", "Whether Redis answered the scrape")
         try:
             stats = self.queue.stats()
             totals, statuses = self._job_totals()
-            policy = list(_policy_gauges(self.queue))
+            policy = [*_policy_gauges(self.queue), *_staleness_metrics(self.queue)]
         except redis.RedisError:
             up.add_metric([], 0)
             yield up

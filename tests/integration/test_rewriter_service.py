@@ -309,6 +309,23 @@ def test_policy_metrics(service: Service, queue: Queue) -> None:
         assert line in text, line
 
 
+def test_staleness_metrics(service: Service, queue: Queue) -> None:
+    """Online rewriting on /metrics: the trainers' stale drops, re-queues and the staleness
+    histogram of what they trained on (from the counters in Redis)."""
+    queue.aligned.count_trained({0: 5, 1: 3, 3: 1})
+    queue.redis.hset(queue.keys.staleness, mapping={"dropped": 4, "requeued": 2})
+    text = httpx.get(f"{service.url}/metrics").text
+    for line in ("mindgap_rewriter_stale_dropped 4.0", "mindgap_rewriter_stale_requeued 2.0",
+                 'mindgap_rewriter_trained_staleness_bucket{le="0"} 5.0',
+                 'mindgap_rewriter_trained_staleness_bucket{le="1"} 8.0',
+                 'mindgap_rewriter_trained_staleness_bucket{le="2"} 8.0',
+                 'mindgap_rewriter_trained_staleness_bucket{le="4"} 9.0',
+                 'mindgap_rewriter_trained_staleness_bucket{le="+Inf"} 9.0',
+                 "mindgap_rewriter_trained_staleness_count 9.0",
+                 "mindgap_rewriter_trained_staleness_sum 6.0"):
+        assert line in text, line
+
+
 class FakeWorker(threading.Thread):
     """Completes every task with a hand-made example; fails problems whose id starts 'fail'."""
 

@@ -31,6 +31,8 @@ def _config(tmp_path: Path, **kw: object) -> TrainConfig:
 def test_publish_needs_redis() -> None:
     with pytest.raises(ValueError, match="publish_every needs redis"):
         TrainConfig(data=["a.jsonl"], publish_every=2)
+    with pytest.raises(ValueError, match="max_staleness needs publish_every"):
+        TrainConfig(redis="redis://h:6379/0", max_staleness=1)
 
 
 def test_a_version_is_due_every_n_steps(tmp_path: Path) -> None:
