@@ -12,6 +12,7 @@ engine never outlives its step. The steps, in order:
 3. gap: both data sets scored under the start model (policy gap, importance weights);
 4. drift set: the start model's own responses to the drift prompts;
 5. train: every arm and seed (``mindgap train``, same steps and batch from the same start);
+   an online arm's run rewrites its data meanwhile (``experiment_online``);
 6. drift: the drift set scored under every trained model (KL from the start model);
 7. eval: held-out accuracy (``mindgap eval``) of the start model and every trained model;
 8. report: ``report.md``, PNGs and the raw metrics in ``report_dir``.
@@ -42,6 +43,8 @@ START = "start"
 """The run name of the untrained start model in the evaluations and drifts."""
 REPORT_ONLY = ("name", "report_dir", "baseline", "resamples")
 """Config fields that change the report only: a cached run may be re-reported with others."""
+CHILD_STOP_S = 300.0
+"""How long a child stopped with SIGTERM may take to finish (a batch in hand) before SIGKILL."""
 
 
 class ConfigMismatchError(ValueError):
@@ -84,13 +87,26 @@ class Layout:
         """A trained run's model folder (``mindgap train``'s ``OUT/final``)."""
         return self.arm(run) / "final"
 
+    def online_data(self, run: str) -> Path:
+        """An online run's data: the aligned examples its worker produced (its job's results)."""
+        return self.data / f"online-{run}.jsonl"
+
+    def online_summary(self, run: str) -> Path:
+        """An online run's job state and published policy versions."""
+        return self.arm(run) / "online.json"
+
+    def log(self, label: str) -> Path:
+        """A step's log (a child's stdout)."""
+        return self.logs / f"{label}.log"
+
 
 def check_work_dir(config: ExperimentConfig, force: bool = False) -> None:
     """Record ``config`` in ``work_dir``; refuse a folder written with other settings (but
     the report's), unless ``force``."""
     layout = Layout(config)
     stamp = layout.root / "experiment.json"
-    settings = config.model_dump(mode="json", exclude=set(REPORT_ONLY))
+    settings = config.model_dump(mode="json", exclude={**dict.fromkeys(REPORT_ONLY, True),
+                                                       "online": {"redis_url"}})
     if stamp.exists() and not force:
         previous = json.loads(stamp.read_text(encoding="utf-8"))
         changed = sorted(k for k in settings.keys() | previous.keys()
@@ -156,20 +172,33 @@ class Runner:
         self.echo = echo
         self.steps = 0
 
-    def mindgap(self, label: str, args: list[str], command: list[str] | None = None) -> None:
+    def mindgap(self, label: str, args: list[str], command: list[str] | None = None,
+                watch: Callable[[], None] | None = None) -> None:
         """Run ``mindgap ARGS`` (or ``command + ARGS``) as a child: stdout to
-        ``logs/LABEL.log``, stderr (progress bars) shown."""
-        command = command or [sys.executable, "-m", "mindgap.cli"]
+        ``logs/LABEL.log``, stderr (progress bars) shown. ``watch`` is called every second
+        while it runs; what it raises stops the child (SIGTERM) and propagates."""
+        command = [*(command or [sys.executable, "-m", "mindgap.cli"]), *args]
         self.steps += 1
         self.echo(f"[experiment] step {self.steps}: {label}: mindgap {' '.join(args)}")
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
-        with (self.layout.logs / f"{label}.log").open("a", encoding="utf-8") as log:
-            done = subprocess.run([*command, *args], stdout=log, check=False)
-        self.record_time(label, time.monotonic() - start)
-        if done.returncode != 0:
-            raise RuntimeError(f"{label}: {' '.join([*command, *args])} exited with "
-                               f"{done.returncode}; see {self.layout.logs / (label + '.log')} "
+        with self.layout.log(label).open("a", encoding="utf-8") as log:
+            child = subprocess.Popen(command, stdout=log)
+            try:
+                while child.poll() is None:
+                    try:
+                        child.wait(timeout=1.0 if watch else None)
+                    except subprocess.TimeoutExpired:
+                        if watch:
+                            watch()
+            except BaseException:
+                stop_child(child)
+                raise
+            finally:
+                self.record_time(label, time.monotonic() - start)
+        if child.returncode != 0:
+            raise RuntimeError(f"{label}: {' '.join(command)} exited with "
+                               f"{child.returncode}; see {self.layout.log(label)} "
                                "(run the experiment again to continue)")
 
     def record_time(self, label: str, seconds: float) -> None:
@@ -237,21 +266,30 @@ class Runner:
         write_jsonl(out, examples)
 
     def train(self, run: str, data: str, loss: str, seed: int) -> None:
-        """One arm and seed: ``mindgap train`` from the start model into ``arms/RUN``."""
-        folder = self.layout.arm(run)
+        """One offline arm and seed: ``mindgap train`` from the start model into ``arms/RUN``,
+        continued from its last checkpoint."""
         if self.skip(f"train {run}", self.layout.model(run)):
             return
+        self.launch_train(run, {"data": [str(self.layout.dataset(data))], "loss": loss,
+                                "seed": seed, "resume": "latest"})
+
+    def launch_train(self, run: str, settings: dict[str, Any],
+                     watch: Callable[[], None] | None = None) -> None:
+        """``mindgap train`` (or ``train_launcher``) from the start model into ``arms/RUN``
+        with the shared ``training`` options and the run's ``settings``, written to
+        ``arms/RUN/train.yaml``; ``watch`` as in :meth:`mindgap`."""
+        folder = self.layout.arm(run)
         folder.mkdir(parents=True, exist_ok=True)
-        settings = {**self.config.training, "data": [str(self.layout.dataset(data))],
-                    "model": self.config.model, "loss": loss, "seed": seed,
-                    "out": str(folder), "resume": "latest"}
+        settings = {**self.config.training, "model": self.config.model, **settings,
+                    "out": str(folder)}
         config_file = folder / "train.yaml"
         config_file.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
         if self.config.train_launcher:
             self.mindgap(f"train-{run}", ["--config", str(config_file)],
-                         [*shlex.split(self.config.train_launcher), "-m", "mindgap.trainer"])
+                         [*shlex.split(self.config.train_launcher), "-m", "mindgap.trainer"],
+                         watch=watch)
         else:
-            self.mindgap(f"train-{run}", ["train", "--config", str(config_file)])
+            self.mindgap(f"train-{run}", ["train", "--config", str(config_file)], watch=watch)
 
     def evaluate(self, run: str) -> None:
         """Held-out accuracy of ``run``'s model (``mindgap eval``, resumed when begun)."""
@@ -268,8 +306,10 @@ class Runner:
 
     def run(self) -> None:
         """Every step in order (finished ones skipped), then the report."""
+        from mindgap.rewriter.experiment_online import check_redis, train_online
         from mindgap.rewriter.experiment_report import write_report
 
+        check_redis(self.config)
         counts = write_problems(self.config)
         self.echo(f"[experiment] problems: {counts['train']} training, {counts['heldout']} "
                   f"held-out, {counts['drift']} drift (in {self.layout.data})")
@@ -280,13 +320,28 @@ class Runner:
         runs = [START]
         for arm, seed in self.config.runs():
             run = run_name(arm, seed)
-            self.train(run, arm.data, arm.loss, seed)
+            if arm.mode == "online":
+                train_online(self, arm, seed)
+            else:
+                self.train(run, arm.data, arm.loss, seed)
             runs.append(run)
         for run in runs:
             self.gap(f"drift {run}", self.layout.drift_set(), run, self.layout.drift(run))
             self.evaluate(run)
         report = write_report(self.config)
         self.echo(f"[experiment] report: {report}")
+
+
+def stop_child(child: subprocess.Popen[Any], timeout_s: float = CHILD_STOP_S) -> int:
+    """Stop a child process: SIGTERM, then SIGKILL after ``timeout_s``; its exit status."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return child.returncode
 
 
 def copy_rewrite_summary(config: ExperimentConfig, target: Path) -> None:

@@ -1,10 +1,12 @@
 """``mindgap experiment``'s configuration: one YAML file, one pydantic model, documented per field.
 
 An experiment rewrites a training set once, trains every arm on it (or on the expert
-solutions) from the same start, and measures each arm (``mindgap.rewriter.experiment``).
-The ``rewrite`` and ``eval`` sections are the options of ``mindgap rewrite`` and ``mindgap
-eval`` (the same fields, the same defaults); ``training`` holds ``mindgap train`` options
-shared by every arm, checked by that command's own model when the experiment starts.
+solutions) from the same start, and measures each arm (``mindgap.rewriter.experiment``); an
+online arm instead has its training problems rewritten while it trains, against the newest
+policy version (``online``, ``mindgap.rewriter.experiment_online``). The ``rewrite`` and
+``eval`` sections are the options of ``mindgap rewrite`` and ``mindgap eval`` (the same
+fields, the same defaults); ``training`` holds ``mindgap train`` options shared by every arm,
+checked by that command's own model when the experiment starts.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mindgap.config import QueueSettings
 from mindgap.datasets import PRESETS
 from mindgap.rewriter.eval_options import BENCHMARK_FILES, EvalOptions
 from mindgap.schemas import RewriteOptions
 
 ArmData = Literal["expert", "rewritten"]
 """What an arm trains on: every problem's expert solution, or the rewritten set."""
+ArmMode = Literal["offline", "online"]
+"""When an arm's data is rewritten: once before training (the paper), or during it."""
+PER_ARM = ("data", "model", "loss", "seed", "out", "resume", "redis", "redis_prefix", "job",
+           "publish_every", "publish_dir", "max_staleness")
+"""``mindgap train`` options the experiment sets per arm (``training`` may not)."""
 
 
 class ProblemSplit(BaseModel):
@@ -80,6 +88,52 @@ class Arm(BaseModel):
     loss: Literal["sft", "dft", "is"] = Field(description="The token loss (DESIGN.md).")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Training "
                              "seeds: one run per seed (two or more measure seed noise).")
+    mode: ArmMode = Field(default="offline", description="'offline': train on the data "
+                          "rewritten once before training (the paper); 'online': a worker "
+                          "rewrites the training problems through the Redis queue while the "
+                          "arm trains, against the newest policy version it publishes (needs "
+                          "data 'rewritten'; see `online`).")
+
+    @model_validator(mode="after")
+    def _online_rewrites(self) -> Arm:
+        if self.mode == "online" and self.data != "rewritten":
+            raise ValueError(f"arm {self.name}: mode online rewrites the training problems "
+                             "while it trains, so it needs data 'rewritten'")
+        return self
+
+
+class OnlineOptions(BaseModel):
+    """How the online arms run: one ``mindgap worker`` rewrites the training problems (a job
+    of the queue) while ``mindgap train`` trains on its results and publishes versions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    redis_url: str = Field(default_factory=lambda: QueueSettings().redis_url,
+                           description="The Redis of the queue (default: "
+                           "MINDGAP_QUEUE_REDIS_URL, else redis://127.0.0.1:6379/0); not one "
+                           "of the settings a work_dir is checked against.")
+    prefix: str = Field(default="mindgap-experiment", min_length=1, pattern=r"^[^*?\[\]]+$",
+                        description="Base of the runs' key prefixes: a run uses "
+                        "<prefix>:<hash of work_dir>:<run>, its keys deleted before it starts "
+                        "and after its results are saved.")
+    publish_every: int = Field(default=2, ge=1, description="The trainer publishes its "
+                               "weights as a new policy version every this many steps; the "
+                               "worker loads the newest between batches.")
+    max_staleness: int | None = Field(default=1, ge=0, description="A model response sampled "
+                                      "more than this many versions before the trainer's "
+                                      "current one is dropped and its problem re-queued (once; "
+                                      "`mindgap train --max-staleness`). Unset: no bound.")
+    worker_batch_size: int = Field(default=8, ge=1, description="Tasks the worker claims and "
+                                   "rewrites together (at one policy version).")
+    max_ahead_steps: int = Field(default=2, ge=1, description="Backpressure: the worker claims "
+                                 "no task while this many steps of examples (times "
+                                 "training.global_batch) are rewritten or in hand but not yet "
+                                 "trained on. Without a bound it would rewrite everything "
+                                 "before training starts, offline in effect.")
+
+    def high_water(self, global_batch: int) -> int:
+        """The worker's high-water mark of untrained examples."""
+        return self.max_ahead_steps * global_batch
 
 
 def _default_arms() -> list[Arm]:
@@ -136,12 +190,15 @@ class ExperimentConfig(BaseModel):
     baseline: str = Field(default="sft-expert", description="The arm every other is compared "
                           "with in the report's paired intervals.")
     resamples: int = Field(default=10_000, ge=100, description="Paired bootstrap resamples.")
+    online: OnlineOptions = Field(default_factory=OnlineOptions, description="How the online "
+                                  "arms run (the queue, policy versions, staleness, the "
+                                  "worker's batch and backpressure).")
 
     @field_validator("training")
     @classmethod
     def _per_arm_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
         value = {str(k).replace("-", "_"): v for k, v in value.items()}
-        taken = sorted({"data", "model", "loss", "seed", "out", "resume", "redis"} & set(value))
+        taken = sorted(set(PER_ARM) & set(value))
         if taken:
             raise ValueError(f"training: {taken[0]} is set per arm by the experiment")
         return value
@@ -153,6 +210,10 @@ class ExperimentConfig(BaseModel):
             raise ValueError("arms: an arm name is used twice")
         if self.baseline not in names:
             raise ValueError(f"baseline: no arm named {self.baseline!r}")
+        if any(arm.mode == "online" for arm in self.arms) and \
+                "global_batch" not in self.training:
+            raise ValueError("online arms need training.global_batch (online.max_ahead_steps "
+                             "counts the worker's backpressure bound in batches)")
         return self
 
     def runs(self) -> list[tuple[Arm, int]]:

@@ -84,3 +84,27 @@ def plot_summary(metrics: dict[str, Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_online(metrics: dict[str, Any], path: Path) -> Path:
+    """Each batch's mean token log-prob under the weights trained on it (-ce), per step and
+    run: online runs solid with markers, offline runs dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    for name, row in metrics["runs"].items():
+        if name == START:
+            continue
+        online = row["mode"] == "online"
+        ax.plot(row["curves"]["step"], [-ce for ce in row["curves"]["ce"]],
+                "-" if online else "--", marker="o" if online else None,
+                linewidth=2.0 if online else 1.0, label=f"{name} ({row['mode']})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean token log-prob of the batch (nats)")
+    ax.set_title(f"{metrics['name']}: policy gap at training time\n(each batch under the "
+                 "weights trained on it, before the step; higher: closer)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,8 +1,10 @@
 """The report of ``mindgap experiment``: raw metrics gathered from the stages, tables, PNGs.
 
 ``report_dir`` gets ``report.md``, ``curves.png`` (loss and gradient norm per step),
-``summary.png`` (policy gap, drift and held-out accuracy), ``metrics.json`` (every number the
-report shows, and the per-step curves), ``config.yaml`` and ``rewritten.summary.json``.
+``summary.png`` (policy gap, drift and held-out accuracy), ``online.png`` (each batch's mean
+token log-prob under the weights trained on it, per step, offline and online runs),
+``metrics.json`` (every number the report shows, and the per-step curves), ``config.yaml``
+and ``rewritten.summary.json``.
 Intervals are paired bootstrap 95% intervals over held-out problems (stratified by
 benchmark), so they measure problem sampling noise; seed noise is the difference between
 two seeds of one arm, with its own interval.
@@ -30,6 +32,7 @@ from mindgap.rewriter.experiment import (
 )
 from mindgap.rewriter.experiment_config import ExperimentConfig, run_name
 from mindgap.rewriter.gap import GapReport
+from mindgap.schemas import SOURCES, AlignedExample
 
 DATA_KINDS = ("expert", "rewritten")
 CURVE_KEYS = ("loss", "ce", "grad_norm", "w_mean", "w_var", "ess_frac", "response_tokens")
@@ -48,11 +51,79 @@ def _data_metrics(config: ExperimentConfig, kind: str) -> dict[str, Any]:
             "ratio_clipped": stats.ratio_clipped, "tokens": stats.tokens}
 
 
-def _curves(metrics_file: Path) -> dict[str, list[float]]:
-    """Per-step values of :data:`CURVE_KEYS` (and ``step``) from a run's metrics.jsonl."""
-    rows = [row for _, row in json_lines(metrics_file) if "step" in row and "loss" in row]
+def _rows(metrics_file: Path) -> list[dict[str, Any]]:
+    """The step records of a run's metrics.jsonl."""
+    return [row for _, row in json_lines(metrics_file) if "step" in row and "loss" in row]
+
+
+def _curves(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per-step values of :data:`CURVE_KEYS` (and ``step``), NaN where a step lacks one."""
     return {key: [float(row.get(key, math.nan)) for row in rows]
             for key in ("step", *CURVE_KEYS)}
+
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and (population) standard deviation of the finite ``values``."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None, None
+    mean = sum(finite) / len(finite)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite))
+
+
+def training_gap(curves: dict[str, list[float]]) -> dict[str, float | None]:
+    """The policy gap of each batch when trained on: its mean token log-prob (-ce) under the
+    weights being trained, before the step; mean and sd over steps, first and last step; and
+    the token weight variance (``w_var``) averaged over steps."""
+    logprob = [-ce for ce in curves["ce"] if math.isfinite(ce)]
+    mean, sd = _mean_sd(logprob)
+    return {"train_logprob_mean": mean, "train_logprob_sd": sd,
+            "train_logprob_first": logprob[0] if logprob else None,
+            "train_logprob_last": logprob[-1] if logprob else None,
+            "w_var_mean": _mean_sd(curves["w_var"])[0]}
+
+
+def staleness_histogram(rows: list[dict[str, Any]], examples: dict[str, AlignedExample],
+                        publish_every: int) -> dict[str, int]:
+    """Model responses trained on, by staleness: the policy versions between the one current
+    at their step (``(step - 1) // publish_every``: version k is published after step
+    ``k * publish_every``) and the one that sampled them. From the logged steps'
+    ``example_ids`` (every step with the default ``log_every``); expert fallbacks never
+    count."""
+    counts: dict[int, int] = {}
+    for row in rows:
+        current = (int(row["step"]) - 1) // publish_every
+        for example_id in row.get("example_ids", []):
+            example = examples.get(example_id)
+            if example is not None and example.behavior is not None:
+                behind = current - example.behavior.policy_version
+                counts[behind] = counts.get(behind, 0) + 1
+    return {str(k): counts[k] for k in sorted(counts)}
+
+
+def online_metrics(config: ExperimentConfig, run: str, rows: list[dict[str, Any]]
+                   ) -> dict[str, Any]:
+    """An online run: its job, versions, staleness and the sources it produced and trained on
+    (the trainer's staleness metrics are read where it writes them)."""
+    layout = Layout(config)
+    summary = read_json(layout.online_summary(run)) if layout.online_summary(run).exists() \
+        else {}
+    examples = {e.id: e for e in read_aligned(layout.online_data(run))}
+    produced = {s: sum(e.source == s for e in examples.values()) for s in SOURCES}
+    stale_mean = [float(row["staleness_mean"]) for row in rows
+                  if row.get("staleness_mean") is not None]
+    stale_max = [row["staleness_max"] for row in rows if row.get("staleness_max") is not None]
+    last = rows[-1] if rows else {}
+    return {"job": summary.get("job"), "versions": len(summary.get("versions", [])),
+            "produced": produced,
+            "trained": {s: sum(int(row.get(f"examples_{s}", 0)) for row in rows)
+                        for s in SOURCES},
+            "staleness": staleness_histogram(rows, examples, config.online.publish_every),
+            "staleness_mean": _mean_sd(stale_mean)[0],
+            "staleness_max": max(stale_max) if stale_max else None,
+            "stale_dropped": last.get("stale_dropped"),
+            "stale_requeued": last.get("stale_requeued"),
+            "stale_trained": last.get("stale_trained")}
 
 
 def _steadiness(curves: dict[str, list[float]]) -> dict[str, float | None]:
@@ -62,8 +133,7 @@ def _steadiness(curves: dict[str, list[float]]) -> dict[str, float | None]:
     if not loss:
         return {"final_loss": None, "grad_norm_mean": None, "grad_norm_sd": None,
                 "loss_jitter": None, "response_tokens": 0}
-    mean = sum(grad) / len(grad)
-    sd = math.sqrt(sum((g - mean) ** 2 for g in grad) / len(grad))
+    mean, sd = _mean_sd(grad)
     jumps = [abs(b - a) for a, b in itertools.pairwise(loss)]
     return {"final_loss": loss[-1], "grad_norm_mean": mean, "grad_norm_sd": sd,
             "loss_jitter": sum(jumps) / len(jumps) if jumps else None,
@@ -94,14 +164,18 @@ def collect(config: ExperimentConfig) -> dict[str, Any]:
     for arm, seed in config.runs():
         name = run_name(arm, seed)
         evals[name] = read_json(layout.eval(name))
-        curves = _curves(layout.arm(name) / "metrics.jsonl")
+        rows = _rows(layout.arm(name) / "metrics.jsonl")
+        curves = _curves(rows)
         runs[name] = {"arm": arm.name, "data": arm.data, "loss": arm.loss, "seed": seed,
-                      **_steadiness(curves), "curves": curves}
+                      "mode": arm.mode, **_steadiness(curves), **training_gap(curves),
+                      "online": online_metrics(config, name, rows) if arm.mode == "online"
+                      else None, "curves": curves}
     base_arm = next(a for a in config.arms if a.name == config.baseline)
     baseline = run_name(base_arm, base_arm.seeds[0])
     for name in [START, *runs]:
         drift = drift_of(GapReport.model_validate(read_json(layout.drift(name))), start_mean)
-        row = runs.setdefault(name, {"arm": START, "data": None, "loss": None, "seed": None})
+        row = runs.setdefault(name, {"arm": START, "data": None, "loss": None, "seed": None,
+                                     "mode": None})
         average = evals[name].get(AVERAGE) or {}
         row.update({"drift_kl": drift.kl, "drift_expert_logprob": drift.expert_logprob,
                     "accuracy": _accuracy(evals[name]), "no_answer": average.get("no_answer"),
@@ -123,7 +197,7 @@ def collect(config: ExperimentConfig) -> dict[str, Any]:
 
 def write_report(config: ExperimentConfig) -> Path:
     """Gather the metrics, write ``report.md``, the PNGs and the raw files; the report's path."""
-    from mindgap.rewriter.experiment_plots import plot_curves, plot_summary
+    from mindgap.rewriter.experiment_plots import plot_curves, plot_online, plot_summary
     from mindgap.rewriter.experiment_tables import report_markdown
 
     target = Path(config.report_dir)
@@ -135,6 +209,7 @@ def write_report(config: ExperimentConfig) -> Path:
     copy_rewrite_summary(config, target)
     plot_curves(metrics, target / "curves.png")
     plot_summary(metrics, target / "summary.png")
+    plot_online(metrics, target / "online.png")
     report = target / "report.md"
     report.write_text(report_markdown(metrics, config), encoding="utf-8")
     return report

@@ -6,6 +6,7 @@ from typing import Any
 
 from mindgap.rewriter.experiment import START
 from mindgap.rewriter.experiment_config import ExperimentConfig
+from mindgap.schemas import SOURCES
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -37,7 +38,23 @@ def _setup(config: ExperimentConfig) -> list[str]:
         f"{', '.join(config.heldout.names())}, avg@{config.eval.n} at T = "
         f"{config.eval.temperature}, {config.eval.max_tokens} tokens. Drift: the start "
         f"model's own responses to {_first(config.drift.limit, 'the next')} prompts of "
-        f"{', '.join(config.drift.names())} per benchmark, scored under each model.", ""]
+        f"{', '.join(config.drift.names())} per benchmark, scored under each model.",
+        *_online_setup(config), ""]
+
+
+def _online_setup(config: ExperimentConfig) -> list[str]:
+    """How the online arms ran (nothing when there are none)."""
+    online = [arm.name for arm in config.arms if arm.mode == "online"]
+    if not online:
+        return []
+    o = config.online
+    bound = "no staleness bound" if o.max_staleness is None else \
+        f"a response more than {o.max_staleness} versions stale dropped (its problem re-queued)"
+    return [f"Online arms ({', '.join(online)}) have the training problems rewritten while "
+            "they train instead, by one worker through the Redis queue at the newest policy "
+            f"version: one published every {o.publish_every} steps, {bound}; the worker "
+            f"rewrites {o.worker_batch_size} problems at a time, at most {o.max_ahead_steps} "
+            "batches ahead of training."]
 
 
 def _data_table(metrics: dict[str, Any]) -> list[str]:
@@ -58,16 +75,17 @@ def _data_table(metrics: dict[str, Any]) -> list[str]:
 def _runs_table(metrics: dict[str, Any]) -> list[str]:
     n = metrics["eval"]["n"]
     benchmarks = metrics["eval"]["benchmarks"]
-    head = ["run", "data", "loss", "tokens", "final loss", "grad norm mean ± sd", "loss jitter",
-            "drift KL", "expert log-prob", *(f"{b} avg@{n}" for b in benchmarks), "average",
-            "vs start", f"vs {metrics['baseline']}"]
+    head = ["run", "data", "loss", "mode", "tokens", "final loss", "grad norm mean ± sd",
+            "loss jitter", "drift KL", "expert log-prob",
+            *(f"{b} avg@{n}" for b in benchmarks), "average", "vs start",
+            f"vs {metrics['baseline']}"]
     lines = ["## Runs", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in metrics["runs"].items():
         acc = row["accuracy"]
         grad = "–" if row.get("grad_norm_mean") is None else \
             f"{row['grad_norm_mean']:.2f} ± {row['grad_norm_sd']:.2f}"
         lines.append("| " + " | ".join([
-            name, row["data"] or "–", row["loss"] or "–",
+            name, row["data"] or "–", row["loss"] or "–", row.get("mode") or "–",
             str(row["response_tokens"]) if "response_tokens" in row else "–",
             _num(row.get("final_loss")), grad,
             _num(row.get("loss_jitter")), _num(row["drift_kl"], 4),
@@ -91,6 +109,91 @@ def _seed_table(metrics: dict[str, Any]) -> list[str]:
              "|---|---|"]
     lines += [f"| {arm} | {_points(d)} |" for arm, d in metrics["seed_noise"].items()]
     return [*lines, ""]
+
+
+def _count(value: int | None) -> str:
+    return "–" if value is None else str(value)
+
+
+def _sources(counts: dict[str, int]) -> str:
+    return " / ".join(str(counts.get(s, 0)) for s in SOURCES)
+
+
+def _staleness(online: dict[str, Any]) -> str:
+    """The staleness histogram ("0: 40, 1: 8"), with the trainer's per-batch mean (over
+    steps) and max where it wrote them."""
+    text = ", ".join(f"{k}: {n}" for k, n in online["staleness"].items()) or "–"
+    if online["staleness_max"] is None:
+        return text
+    return f"{text} (trainer: mean {_num(online['staleness_mean'], 2)}, max " \
+        f"{online['staleness_max']})"
+
+
+def _online_row(name: str, row: dict[str, Any]) -> str:
+    online = row.get("online")
+    gap = "–" if row.get("train_logprob_mean") is None else \
+        f"{row['train_logprob_mean']:.3f} ± {row['train_logprob_sd']:.3f}"
+    cells = [name, row["mode"], row["data"], row["loss"], gap,
+             f"{_num(row.get('train_logprob_first'))} → {_num(row.get('train_logprob_last'))}",
+             _num(row.get("w_var_mean"), 4)]
+    if online is None:
+        cells += ["–", "–", "–", "–"]
+    else:
+        job = online["job"] or {}
+        cells += [str(online["versions"]), _staleness(online),
+                  " / ".join(_count(online.get(key)) for key in
+                             ("stale_dropped", "stale_requeued", "stale_trained")),
+                  f"{_sources(online['trained'])} ({_sources(online['produced'])}; job "
+                  f"{job.get('status', '–')})"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _online_table(metrics: dict[str, Any]) -> list[str]:
+    head = ["run", "mode", "data", "loss", "batch log-prob at training, mean ± sd",
+            "first → last step", "w variance", "versions", "staleness (versions behind: "
+            "responses)", "stale dropped / re-queued / trained", "self / guided / expert trained "
+            "(produced; job)"]
+    lines = ["## Offline and online", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    lines += [_online_row(name, row) for name, row in metrics["runs"].items() if name != START]
+    return [*lines, "", "Batch log-prob at training: the mean token log-prob of each batch's "
+            "responses under the weights being trained on it, before the step (-ce), over the "
+            "steps: the policy gap where it matters, not under the start model. sd: its spread "
+            "over steps (batch to batch), not an interval. w variance: of the `is` weights "
+            "p/q, mean over steps. Online runs: versions published; staleness of the model "
+            "responses trained on (the version current at their step less the one that "
+            "sampled them); dropped / re-queued by the staleness bound, and trained on "
+            "although stale (re-queued once already), the trainer's counts; the sources of the "
+            "examples trained on, and of all the worker produced.", "",
+            *_online_reading(metrics), "![offline and online](online.png)", ""]
+
+
+def _online_reading(metrics: dict[str, Any]) -> list[str]:
+    """Online runs against the offline runs of the same loss, and the noise to read them by."""
+    runs = {n: r for n, r in metrics["runs"].items() if n != START}
+    lines = []
+    for name, row in runs.items():
+        if row["mode"] != "online":
+            continue
+        offline = [n for n, r in runs.items() if r["mode"] == "offline"
+                   and r["loss"] == row["loss"] and r["data"] == "rewritten"]
+        versus = row.get("vs_baseline")
+        lines.append(
+            f"- {name}: batch log-prob at training {_num(row.get('train_logprob_mean'))} vs "
+            + (", ".join(f"{n} {_num(runs[n].get('train_logprob_mean'))}" for n in offline)
+               or "no offline run of its loss on rewritten data")
+            + ("; it is the baseline." if versus is None else
+               f"; held-out vs {metrics['baseline']} {_points(versus)} points (paired 95% "
+               "interval)."))
+    if not lines:
+        return []
+    seeds = metrics["seed_noise"]
+    noise = ("Seed noise, for scale: " + ", ".join(f"{arm} {_points(d)}" for arm, d in
+                                                   seeds.items())
+             + " points between two seeds of one arm." if seeds else
+             "Seed noise is not measured (no arm has two seeds).")
+    return ["Reading:", "", *lines, f"- {noise} A difference within these intervals is not "
+            "evidence of an effect.", ""]
 
 
 def reading(metrics: dict[str, Any]) -> list[str]:
@@ -145,7 +248,8 @@ def _timings(metrics: dict[str, Any]) -> list[str]:
 def report_markdown(metrics: dict[str, Any], config: ExperimentConfig) -> str:
     """The whole report."""
     lines = [*_setup(config), *_data_table(metrics), *_runs_table(metrics),
-             *_seed_table(metrics), *reading(metrics), *_timings(metrics),
+             *_seed_table(metrics), *reading(metrics), *_online_table(metrics),
+             *_timings(metrics),
              "![training curves](curves.png)", "", "![summary](summary.png)", "",
              "Raw numbers: `metrics.json`; the config: `config.yaml`; the rewriting's summary: "
              "`rewritten.summary.json`.", ""]

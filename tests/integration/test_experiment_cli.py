@@ -1,6 +1,8 @@
 """`mindgap experiment` end to end on a tiny random model (SmolLM2's tokenizer, so its chat
 template) with the transformers engine and the real verifier: killed mid-training, run
-again, it continues from its caches and writes the report."""
+again, it continues from its caches and writes the report. One arm is online: a real
+worker child rewrites its problems through the real Redis while a real trainer child trains
+on them and publishes policy versions."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import DATA as SHARED_BENCHMARKS
+from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.skipif(not SHARED_BENCHMARKS.exists(),
                                 reason=f"{SHARED_BENCHMARKS} is absent (benchmark files)")
@@ -40,7 +43,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _config(tmp_path: Path, model: Path) -> Path:
+def _config(tmp_path: Path, model: Path, prefix: str) -> Path:
     config = {
         "name": "tiny experiment", "work_dir": str(tmp_path / "work"),
         "report_dir": str(tmp_path / "report"), "model": str(model), "engine": "transformers",
@@ -51,9 +54,13 @@ def _config(tmp_path: Path, model: Path) -> Path:
         "rewrite": {"k_self": 1, "k_guided": 1, "max_tokens": 8},
         "eval": {"n": 2, "max_tokens": 8},
         "training": {"max_steps": 6, "global_batch": 2, "batch_tokens": 4096,
-                     "max_length": 512, "lr": 1e-3, "save_every": 1, "progress": False},
+                     "max_length": 512, "lr": 1e-3, "save_every": 1, "save_total_limit": 0,
+                     "progress": False},  # every checkpoint kept: the kill marker stays
         "arms": [{"name": "sft-expert", "data": "expert", "loss": "sft", "seeds": [0, 1]},
-                 {"name": "dft-rewritten", "data": "rewritten", "loss": "dft"}],
+                 {"name": "dft-rewritten", "data": "rewritten", "loss": "dft"},
+                 {"name": "is-online", "data": "rewritten", "loss": "is", "mode": "online"}],
+        "online": {"redis_url": REDIS_URL, "prefix": prefix, "publish_every": 1,
+                   "max_staleness": 1, "worker_batch_size": 2, "max_ahead_steps": 1},
     }
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -75,8 +82,9 @@ def _kill_when(process: subprocess.Popen[str], marker: Path, timeout_s: float = 
     process.wait()
 
 
-def test_killed_experiment_continues_and_reports(tmp_path: Path, tiny_model: Path) -> None:
-    config = _config(tmp_path, tiny_model)
+def test_killed_experiment_continues_and_reports(tmp_path: Path, tiny_model: Path,
+                                                 prefix: str) -> None:
+    config = _config(tmp_path, tiny_model, prefix)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen(_command(config), env=env, start_new_session=True, text=True,
                              stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -97,7 +105,7 @@ def test_killed_experiment_continues_and_reports(tmp_path: Path, tiny_model: Pat
     report = tmp_path / "report"
     metrics = json.loads((report / "metrics.json").read_text())
     assert list(metrics["runs"]) == ["start", "sft-expert-s0", "sft-expert-s1",
-                                     "dft-rewritten-s0"]
+                                     "dft-rewritten-s0", "is-online-s0"]
     start_kl = metrics["runs"]["start"]["drift_kl"]
     assert abs(start_kl) < 1e-5  # the start model against itself: scoring noise only
     assert metrics["runs"]["sft-expert-s0"]["drift_kl"] > max(1e-4, 10 * abs(start_kl))
@@ -110,7 +118,41 @@ def test_killed_experiment_continues_and_reports(tmp_path: Path, tiny_model: Pat
     for name in ("curves.png", "summary.png", "config.yaml", "rewritten.summary.json"):
         assert (report / name).stat().st_size > 0, name
     assert (report / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    _check_online_arm(tmp_path, metrics, text, prefix)
 
     again = subprocess.run([*_command(config), "--report-only"], env=env, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def _check_online_arm(tmp_path: Path, metrics: dict, text: str, prefix: str) -> None:
+    """The online arm trained on its job's results, which the worker produced at the
+    versions the trainer published; the report compares it; its Redis keys are gone."""
+    import redis
+
+    work = tmp_path / "work"
+    assert (work / "arms" / "is-online-s0" / "final").exists()
+    assert not (work / "arms" / "is-online-s0" / "policy").exists()  # versions deleted
+    summary = json.loads((work / "arms" / "is-online-s0" / "online.json").read_text())
+    assert summary["job"]["status"] == "completed"
+    assert summary["job"]["total"] == 6 and summary["job"]["done"] >= 6
+    assert [v["version"] for v in summary["versions"]] == list(range(1, len(
+        summary["versions"]) + 1)) and summary["versions"]
+    examples = [json.loads(line) for line in
+                (work / "data" / "online-is-online-s0.jsonl").read_text().splitlines()]
+    assert {e["problem_id"] for e in examples} == {
+        json.loads(line)["id"] for line in (work / "data" / "train.jsonl").read_text().splitlines()}
+    assert (work / "logs" / "worker-is-online-s0.log").stat().st_size > 0
+    run = metrics["runs"]["is-online-s0"]
+    online = run["online"]
+    assert run["mode"] == "online" and run["vs_baseline"]["problems"] == 6
+    assert online["versions"] == len(summary["versions"])
+    assert sum(online["produced"].values()) == len(examples)
+    assert sum(online["trained"].values()) == 6
+    assert sum(online["staleness"].values()) == online["trained"]["self"] + \
+        online["trained"]["guided"]
+    assert run["train_logprob_mean"] is not None
+    assert metrics["runs"]["dft-rewritten-s0"]["mode"] == "offline"
+    assert "## Offline and online" in text and "| is-online-s0 | online | rewritten | is |" in text
+    assert (tmp_path / "report" / "online.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(redis.Redis.from_url(REDIS_URL).scan_iter(match=f"{prefix}:*"))
