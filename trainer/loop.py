@@ -31,6 +31,7 @@ import os
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
@@ -381,9 +382,8 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
     }
     bound = getattr(run.stream, "staleness", None)  # a RedisStream's (online rewriting)
     if bound is not None:
-        summary["staleness"] = {"trained": dict(sorted(bound.histogram.items())),
-                                "dropped": bound.dropped, "requeued": bound.requeued,
-                                "trained_stale": bound.trained_stale}
+        summary["staleness"] = {"histogram": dict(sorted(bound.histogram.items())),
+                                **bound.metrics(Counter())}
     if ctx.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if stream is None:  # built here, closed here

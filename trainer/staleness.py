@@ -30,7 +30,7 @@ class StalenessBound:
     version: int = 0  # the newest published policy version, read before each batch
     dropped: int = 0
     requeued: int = 0
-    trained_stale: int = 0  # over the bound but not re-queueable: trained on
+    stale_trained: int = 0  # over the bound but not re-queueable: trained on
     histogram: Counter[int] = field(default_factory=Counter)
 
     def of(self, example: AlignedExample) -> int | None:
@@ -54,7 +54,7 @@ class StalenessBound:
                     self.dropped += outcome is not Requeue.SETTLED
                     self.requeued += outcome is Requeue.REQUEUED
                     continue
-                self.trained_stale += 1
+                self.stale_trained += 1
             if staleness is not None:
                 counts[staleness] += 1
             kept.append((entry_id, example))
@@ -66,7 +66,7 @@ class StalenessBound:
         n = sum(counts.values())
         record: dict[str, float] = {
             "policy_version": self.version, "stale_dropped": self.dropped,
-            "stale_requeued": self.requeued, "stale_trained": self.trained_stale}
+            "stale_requeued": self.requeued, "stale_trained": self.stale_trained}
         if n:
             record["staleness_mean"] = sum(s * c for s, c in counts.items()) / n
             record["staleness_max"] = max(counts)

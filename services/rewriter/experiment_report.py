@@ -32,7 +32,7 @@ from mindgap.rewriter.experiment import (
 )
 from mindgap.rewriter.experiment_config import ExperimentConfig, run_name
 from mindgap.rewriter.gap import GapReport
-from mindgap.schemas import SOURCES, AlignedExample
+from mindgap.schemas import SOURCES
 
 DATA_KINDS = ("expert", "rewritten")
 CURVE_KEYS = ("loss", "ce", "grad_norm", "w_mean", "w_var", "ess_frac", "response_tokens")
@@ -83,31 +83,17 @@ def training_gap(curves: dict[str, list[float]]) -> dict[str, float | None]:
             "w_var_mean": _mean_sd(curves["w_var"])[0]}
 
 
-def staleness_histogram(rows: list[dict[str, Any]], examples: dict[str, AlignedExample],
-                        publish_every: int) -> dict[str, int]:
-    """Model responses trained on, by staleness: the policy versions between the one current
-    at their step (``(step - 1) // publish_every``: version k is published after step
-    ``k * publish_every``) and the one that sampled them. From the logged steps'
-    ``example_ids`` (every step with the default ``log_every``); expert fallbacks never
-    count."""
-    counts: dict[int, int] = {}
-    for row in rows:
-        current = (int(row["step"]) - 1) // publish_every
-        for example_id in row.get("example_ids", []):
-            example = examples.get(example_id)
-            if example is not None and example.behavior is not None:
-                behind = current - example.behavior.policy_version
-                counts[behind] = counts.get(behind, 0) + 1
-    return {str(k): counts[k] for k in sorted(counts)}
-
-
 def online_metrics(config: ExperimentConfig, run: str, rows: list[dict[str, Any]]
                    ) -> dict[str, Any]:
-    """An online run: its job, versions, staleness and the sources it produced and trained on
-    (the trainer's staleness metrics are read where it writes them)."""
+    """An online run: its job, versions, staleness and the sources it produced and trained on.
+    The staleness histogram (model responses trained on, by versions behind) and the drop
+    counts are the trainer's own (``arms/RUN/summary.json``), the per-step means its
+    metrics."""
     layout = Layout(config)
     summary = read_json(layout.online_summary(run)) if layout.online_summary(run).exists() \
         else {}
+    trainer = layout.arm(run) / "summary.json"
+    staleness = read_json(trainer).get("staleness", {}) if trainer.exists() else {}
     examples = {e.id: e for e in read_aligned(layout.online_data(run))}
     produced = {s: sum(e.source == s for e in examples.values()) for s in SOURCES}
     stale_mean = [float(row["staleness_mean"]) for row in rows
@@ -118,12 +104,11 @@ def online_metrics(config: ExperimentConfig, run: str, rows: list[dict[str, Any]
             "produced": produced,
             "trained": {s: sum(int(row.get(f"examples_{s}", 0)) for row in rows)
                         for s in SOURCES},
-            "staleness": staleness_histogram(rows, examples, config.online.publish_every),
+            "staleness": {str(k): n for k, n in staleness.get("histogram", {}).items()},
             "staleness_mean": _mean_sd(stale_mean)[0],
             "staleness_max": max(stale_max) if stale_max else None,
-            "stale_dropped": last.get("stale_dropped"),
-            "stale_requeued": last.get("stale_requeued"),
-            "stale_trained": last.get("stale_trained")}
+            **{key: staleness.get(key, last.get(key))
+               for key in ("stale_dropped", "stale_requeued", "stale_trained")}}
 
 
 def _steadiness(curves: dict[str, list[float]]) -> dict[str, float | None]:

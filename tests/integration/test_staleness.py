@@ -145,14 +145,14 @@ def test_a_training_run_with_a_staleness_bound_loses_and_repeats_nothing(
     trained = [i.split(":v")[0] for r in records for i in r["example_ids"]]
     assert sorted(trained) == sorted(f"p{i}" for i in range(16))  # each problem once
     stale = summary["staleness"]
-    assert stale["requeued"] >= 1 and stale["dropped"] == stale["requeued"]
+    assert stale["stale_requeued"] >= 1 and stale["stale_dropped"] == stale["stale_requeued"]
     status = queue.jobs.status("live")
     assert (status.status, status.done, status.requeued) == \
-        (JobStatus.COMPLETED, 16, stale["requeued"])
+        (JobStatus.COMPLETED, 16, stale["stale_requeued"])
     assert sorted(e.problem_id for e in _results(queue, "live")) == \
         sorted(f"p{i}" for i in range(16))  # one result per problem: the one trained on
-    assert sum(stale["trained"].values()) == 16  # the scripted responses all have behavior
+    assert sum(stale["histogram"].values()) == 16  # the scripted responses all have behavior
     # trained beyond the bound only where the problem had been re-queued once already
-    assert sum(n for s, n in stale["trained"].items() if int(s) > 0) == stale["trained_stale"]
+    assert sum(n for s, n in stale["histogram"].items() if int(s) > 0) == stale["stale_trained"]
     assert all("staleness_mean" in r and "policy_version" in r for r in records)
-    assert records[-1]["stale_requeued"] == stale["requeued"]
+    assert records[-1]["stale_requeued"] == stale["stale_requeued"]

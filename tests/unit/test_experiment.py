@@ -176,20 +176,6 @@ def test_every_config_field_is_in_the_readme() -> None:
             assert f"`{name}`" in section, f"{model.__name__}.{name} is not in the README"
 
 
-def test_staleness_counts_model_responses_by_versions_behind_their_step() -> None:
-    from mindgap.rewriter.experiment_report import staleness_histogram
-
-    examples = synthetic_examples(4, sources=("self", "guided", "expert", "self"))
-    examples[3] = examples[3].model_copy(update={"behavior": examples[3].behavior.model_copy(
-        update={"policy_version": 1})})
-    by_id = {e.id: e for e in examples}  # ex-0, ex-1 at version 0, ex-2 expert, ex-3 at 1
-    rows = [{"step": 1, "example_ids": ["ex-0", "ex-2"]},         # current version 0
-            {"step": 2},                                           # no ids: nothing counted
-            {"step": 3, "example_ids": ["ex-1", "ex-3"]},         # current version 1
-            {"step": 5, "example_ids": ["ex-0", "unknown"]}]      # current version 2
-    assert staleness_histogram(rows, by_id, publish_every=2) == {"0": 2, "1": 1, "2": 1}
-
-
 def test_training_gap_is_the_batch_log_prob_under_the_trained_weights() -> None:
     from mindgap.rewriter.experiment_report import training_gap
 
@@ -229,14 +215,21 @@ def test_online_metrics_read_the_runs_files_and_the_trainers_keys_when_there(
     assert before["versions"] == 1 and before["job"] == {"status": "completed"}
     assert before["produced"] == {"self": 1, "guided": 1, "expert": 1}
     assert before["trained"] == {"self": 1, "guided": 1, "expert": 1}
-    assert before["staleness"] == {"0": 1, "1": 1}
+    assert before["staleness"] == {}
     assert before["staleness_max"] is None and before["stale_dropped"] is None
     rows[0].update(staleness_mean=0.0, staleness_max=0, stale_dropped=0, stale_requeued=0)
     rows[1].update(staleness_mean=None, staleness_max=1, stale_dropped=2, stale_requeued=1,
                    stale_trained=1)
-    after = online_metrics(config, "is-online-s0", rows)
-    assert (after["staleness_mean"], after["staleness_max"]) == (0.0, 1)
-    assert (after["stale_dropped"], after["stale_requeued"], after["stale_trained"]) == (2, 1, 1)
+    during = online_metrics(config, "is-online-s0", rows)  # the steps' counts so far
+    assert (during["staleness_mean"], during["staleness_max"]) == (0.0, 1)
+    assert (during["stale_dropped"], during["stale_requeued"], during["stale_trained"]) == \
+        (2, 1, 1)
+    write_json(layout.arm("is-online-s0") / "summary.json", {"staleness": {
+        "histogram": {"0": 5, "1": 2}, "stale_dropped": 3, "stale_requeued": 3,
+        "stale_trained": 0}})
+    after = online_metrics(config, "is-online-s0", rows)  # the trainer's summary: the run's
+    assert after["staleness"] == {"0": 5, "1": 2}
+    assert (after["stale_dropped"], after["stale_requeued"]) == (3, 3)
 
 
 def _synthetic_metrics(seed_noise: bool) -> dict:

@@ -36,7 +36,7 @@ def test_stale_responses_are_dropped_experts_never() -> None:
     assert asked == ["a", "b", "c", "d"]  # staleness 3, 2, 2, 3 > 1; e and f are within
     assert [k for k, _ in kept] == ["b", "e", "f", "x"]
     assert counts == {2: 1, 1: 1, 0: 1}  # the expert fallback has no staleness
-    assert (bound.dropped, bound.requeued, bound.trained_stale) == (2, 1, 1)
+    assert (bound.dropped, bound.requeued, bound.stale_trained) == (2, 1, 1)
     metrics = bound.metrics(counts)
     assert metrics["staleness_mean"] == 1.0 and metrics["staleness_max"] == 2
     assert metrics["policy_version"] == 3
