@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mindgap.rewriter.engines.base import PolicyReloadUnsupported
 from mindgap.rewriter.engines.openai_engine import OpenAIEngine
+from mindgap.rewriter.engines.vllm_reload import RELOAD_EXTENSION
 from mindgap.rewriter.model_store import resolve_model
 from tests import engine_contract as contract
 from tests.conftest import free_port
@@ -34,7 +36,7 @@ class VLLMServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_SERVER_DEV_MODE": "1"}
         if not os.environ.get("CUDA_VISIBLE_DEVICES"):
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND",
                            ",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
@@ -43,6 +45,7 @@ class VLLMServer:
                    "--port", str(self.port), "--dtype", "float32", "--enforce-eager",
                    "--gpu-memory-utilization", "0.3", "--max-model-len", "2048", "--seed", "0",
                    "--logprobs-mode", "processed_logprobs",
+                   "--worker-extension-cls", RELOAD_EXTENSION,
                    "--max-num-batched-tokens", str(STEP_BUDGET)]
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log,
@@ -187,6 +190,44 @@ def test_unreachable_server_fails_after_retries() -> None:
     port = free_port()
     with pytest.raises(RuntimeError, match="after 3 attempts"):
         OpenAIEngine(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_s=0.01)
+
+
+def test_load_policy_through_the_servers_weight_update_endpoint(
+        engine: OpenAIEngine, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Online rewriting with a vLLM server: new weights (SmolLM2 with every weight moved)
+    load in place through /collective_rpc; the server then samples with their log-probs, and
+    the old folder brings the old scores back."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    original = resolve_model(None)
+    prompt = engine.render_chat(contract.QUESTIONS[0])
+    ids = engine.tokenize(" The answer is 4.")
+    old = engine.score(prompt, ids)
+    model = AutoModelForCausalLM.from_pretrained(original, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    folder = tmp_path_factory.mktemp("policy-server")
+    model.save_pretrained(folder)
+    start = time.perf_counter()
+    engine.load_policy(str(folder), 1)
+    print(f"\nvLLM server reload (in place): {time.perf_counter() - start:.1f} s")
+    assert engine.policy_version == 1
+    (sample,) = engine.generate([prompt], n=1, temperature=1.0, top_p=1.0, max_tokens=16)[0]
+    prompt_ids = engine.tokenize(prompt)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + sample.token_ids])).logits[0]
+    expected = torch.log_softmax(logits, -1)[len(prompt_ids) - 1:-1].gather(
+        1, torch.tensor(sample.token_ids)[:, None])[:, 0].tolist()
+    assert sample.logprobs == pytest.approx(expected, abs=1e-3)
+    engine.load_policy(original, 2)
+    assert engine.score(prompt, ids) == pytest.approx(old, abs=1e-4)
+    with pytest.raises(PolicyReloadUnsupported, match="could not load"):
+        engine.load_policy(str(folder / "missing"), 3)  # refused before any weight moves
+    assert engine.policy_version == 2
+    assert engine.score(prompt, ids) == pytest.approx(old, abs=1e-4)
 
 
 def test_server_stops_without_leaving_processes(server: VLLMServer) -> None:

@@ -29,7 +29,13 @@ from typing import Any
 
 import httpx
 
-from mindgap.rewriter.engines.base import Engine, Sample, is_unit_temperature
+from mindgap.rewriter.engines.base import (
+    Engine,
+    PolicyReloadUnsupported,
+    Sample,
+    is_unit_temperature,
+)
+from mindgap.rewriter.engines.vllm_reload import RELOAD_EXTENSION
 from mindgap.rewriter.model_store import DEFAULT_MODEL, resolve_model
 from mindgap.rewriter.options import OpenAISeeds
 
@@ -149,6 +155,31 @@ class OpenAIEngine(Engine):
             log.warning("%s %s: %s; retrying in %.1f s", method, path, problem, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def load_policy(self, path: str, version: int) -> None:
+        """Load the weights of ``path`` into the server in place, through vLLM's weight-update
+        endpoint: ``POST /collective_rpc`` calling mindgap's reload extension in every
+        worker, then ``POST /reset_prefix_cache``. The server needs both (start it with
+        ``VLLM_SERVER_DEV_MODE=1`` and ``--worker-extension-cls`` naming
+        ``vllm_engine.RELOAD_EXTENSION``) and must see ``path`` (a shared volume).
+        Otherwise :class:`PolicyReloadUnsupported`: the version stays."""
+        try:
+            response = self._client.post("/collective_rpc", json={
+                "method": "reload_policy", "args": [path]})
+        except httpx.TransportError as exc:
+            raise RuntimeError(f"{self.base_url}/collective_rpc: {exc}") from exc
+        if response.status_code in (404, 405):
+            raise PolicyReloadUnsupported(
+                f"{self.base_url} has no weight-update endpoint /collective_rpc (start vLLM "
+                f"with VLLM_SERVER_DEV_MODE=1 and --worker-extension-cls {RELOAD_EXTENSION})")
+        if response.status_code >= 400:
+            raise PolicyReloadUnsupported(
+                f"{self.base_url}/collective_rpc could not load {path} (is the server started "
+                f"with --worker-extension-cls {RELOAD_EXTENSION}?): HTTP "
+                f"{response.status_code} {response.text[:300]}")
+        self._client.post("/reset_prefix_cache").raise_for_status()
+        self.policy_version = version
+        log.info("%s: policy version %d loaded in place from %s", self.base_url, version, path)
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         if len(items) <= 1:

