@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -25,13 +26,14 @@ VLLM_TESTS = [pytest.mark.slow,
 
 
 @functools.cache
-def transformers_rescore() -> Rescore:
-    """An independent re-score with transformers: ``log_softmax(logits / T)`` gathered, fp32
-    (the model loads once per test process)."""
+def transformers_rescore(path: str | None = None) -> Rescore:
+    """An independent re-score with transformers of the model at ``path`` (the packaged one
+    by default): ``log_softmax(logits / T)`` gathered, fp32 (loaded once per path and test
+    process)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(None)
+    path = path or resolve_model(None)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
@@ -105,3 +107,29 @@ def check_top_p_renormalised(engine: Engine, max_tokens: int) -> None:
     for sample in samples:
         scored = engine.score(prompt, sample.token_ids, temperature=1.0)
         assert all(b >= a - 1e-4 for a, b in zip(scored, sample.logprobs, strict=True))
+
+
+def moved_policy(folder: Path, seed: int) -> str:
+    """A new policy version for reload tests: the packaged SmolLM2 with every weight moved
+    by N(0, 0.02) noise (the tied embedding and output head too), saved to ``folder``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    original = resolve_model(None)
+    model = AutoModelForCausalLM.from_pretrained(original, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(original).save_pretrained(folder)
+    return str(folder)
+
+
+def check_samples_follow(engine: Engine, path: str) -> None:
+    """What ``engine`` samples now has the log-probs of the weights at ``path``."""
+    prompt = engine.render_chat(QUESTIONS[0])
+    (sample,) = engine.generate([prompt], n=1, temperature=1.0, top_p=1.0, max_tokens=16)[0]
+    expected = transformers_rescore(path)(prompt, sample.token_ids, 1.0)
+    errors = abs_errors(expected, sample.logprobs)
+    assert max(errors) < 1e-3, f"sampled log-probs are not those of {path}: {max(errors)}"

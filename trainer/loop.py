@@ -31,7 +31,6 @@ import os
 import random
 import signal
 import time
-from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
@@ -383,7 +382,9 @@ def _train(config: TrainConfig, ctx: DistContext, model: torch.nn.Module | None,
     bound = getattr(run.stream, "staleness", None)  # a RedisStream's (online rewriting)
     if bound is not None:
         summary["staleness"] = {"histogram": dict(sorted(bound.histogram.items())),
-                                **bound.metrics(Counter())}
+                                "stale_dropped": bound.dropped,
+                                "stale_requeued": bound.requeued,
+                                "stale_trained": bound.stale_trained}
     if ctx.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if stream is None:  # built here, closed here

@@ -109,35 +109,19 @@ def test_load_policy_in_place(started: tuple[VLLMEngine, set[int]],
     moved, the tied embedding and output head too) loads in place, in the same processes,
     and what the engine samples then has the new weights' log-probs (as transformers computes
     them); loading the old folder again brings the old scores back."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     engine, before = started
     original = engine.path
     prompt = engine.render_chat(contract.QUESTIONS[0])
     ids = engine.tokenize(" The answer is 4.")
     old = engine.score(prompt, ids)
-    model = AutoModelForCausalLM.from_pretrained(original, dtype=torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.02)
-    folder = tmp_path_factory.mktemp("policy-inplace")
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(original).save_pretrained(folder)
+    folder = contract.moved_policy(tmp_path_factory.mktemp("policy-inplace"), seed=0)
     children = own_children() - before
     start = time.perf_counter()
-    engine.load_policy(str(folder), 1)
+    engine.load_policy(folder, 1)
     print(f"\nvLLM reload (in place): {time.perf_counter() - start:.1f} s")
-    assert engine.policy_version == 1 and engine.path == str(folder)
+    assert engine.policy_version == 1 and engine.path == folder
     assert own_children() - before == children, "an in-place reload keeps the processes"
-    (sample,) = engine.generate([prompt], n=1, temperature=1.0, top_p=1.0, max_tokens=16)[0]
-    prompt_ids = engine.tokenize(prompt)
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt_ids + sample.token_ids])).logits[0]
-    expected = torch.log_softmax(logits, -1)[len(prompt_ids) - 1:-1].gather(
-        1, torch.tensor(sample.token_ids)[:, None])[:, 0].tolist()
-    assert sample.logprobs == pytest.approx(expected, abs=1e-3)
+    contract.check_samples_follow(engine, folder)
     assert engine.score(prompt, ids) != pytest.approx(old, abs=0.1)
     engine.load_policy(original, 0)
     assert engine.score(prompt, ids) == pytest.approx(old, abs=1e-4)
