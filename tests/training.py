@@ -1,5 +1,5 @@
 """What the trainer's run tests share: the subprocess environment, reading a run's outputs,
-and killing a run at a chosen moment."""
+killing a run at a chosen moment, and training beside a scripted rewriter worker."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 from mindgap.jsonl import numbered_lines
+from mindgap.queue import Backpressure, Queue
+from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script
+from mindgap.rewriter.worker import Worker
+from mindgap.schemas import AlignedExample, Problem
 from mindgap.trainer.config import TrainConfig
+from mindgap.verifier.pool import LocalVerifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,3 +92,29 @@ def train_beside_worker(config: TrainConfig, worker: Any, timeout_s: float) -> t
     worker.stop.set()
     runner.join(timeout=30)
     return summary, not trainer.is_alive()
+
+
+def answerable_problems(count: int) -> list[Problem]:
+    """``p0 .. p<count-1>``, each solved by the scripted engine (``ANSWER=i``)."""
+    return [Problem(id=f"p{i}", question=f"q{i} ANSWER={i}", solution=f"\\boxed{{{i}}}",
+                    answer=str(i)) for i in range(count)]
+
+
+def job_results(queue: Queue, job_id: str) -> list[AlignedExample]:
+    """A job's results, in completion order."""
+    return [AlignedExample.model_validate_json(raw) for _, raw in queue.jobs.results(job_id)]
+
+
+def train_beside_scripted_worker(queue: Queue, config: TrainConfig, *, batch_size: int,
+                                 high_water: int, low_water: int, block_ms: int
+                                 ) -> tuple[dict, bool, ScriptedEngine]:
+    """``train_beside_worker`` with a worker on a scripted engine that solves every problem,
+    held back by backpressure (``high_water`` / ``low_water`` untrained examples); also the
+    engine, which records the versions it loaded."""
+    engine = ScriptedEngine(bernoulli_script(1.0))
+    with LocalVerifier(workers=1) as verifier:
+        worker = Worker(queue, engine, verifier, "w0", batch_size=batch_size,
+                        block_ms=block_ms, backpressure=Backpressure(
+                            queue.aligned, high_water, low_water, interval_s=0.05))
+        summary, ended = train_beside_worker(config, worker, timeout_s=240)
+    return summary, ended, engine

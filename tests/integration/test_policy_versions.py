@@ -14,15 +14,11 @@ from mindgap.queue.policy import StaleVersionError
 from mindgap.rewriter.engines.base import PolicyReloadUnsupported
 from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script
 from mindgap.rewriter.worker import Worker
-from mindgap.schemas import AlignedExample, Problem
+from mindgap.schemas import AlignedExample
 from mindgap.verifier.pool import LocalVerifier
 from tests.conftest import REDIS_URL
-from tests.training import train_beside_worker
+from tests.training import answerable_problems, job_results, train_beside_scripted_worker
 from tests.worker_process import problems, start_workers, stop, wait_finished
-
-
-def _examples(queue: Queue, job_id: str) -> list[AlignedExample]:
-    return [AlignedExample.model_validate_json(raw) for _, raw in queue.jobs.results(job_id)]
 
 
 def _version(example: AlignedExample) -> int:
@@ -51,9 +47,7 @@ def test_worker_follows_versions_between_batches(prefix: str) -> None:
     engine = ScriptedEngine(bernoulli_script(1.0))
     with LocalVerifier(workers=1) as verifier:
         worker = Worker(queue, engine, verifier, "w0", batch_size=2, block_ms=100)
-        queue.jobs.create("j", [Problem(id=f"p{i}", question=f"q{i} ANSWER={i}",
-                                        solution=f"\\boxed{{{i}}}", answer=str(i))
-                                for i in range(6)])
+        queue.jobs.create("j", answerable_problems(6))
         assert worker.run_once() == 2  # version 0: nothing published yet
         queue.policy.publish(1, "/w/v1", step=1)
         assert worker.run_once() == 2
@@ -61,7 +55,7 @@ def test_worker_follows_versions_between_batches(prefix: str) -> None:
         queue.policy.publish(3, "/w/v3", step=3)  # two versions between batches: the newest
         assert worker.run_once() == 2
     assert engine.loaded == [("/w/v1", 1), ("/w/v3", 3)]
-    assert [_version(e) for e in _examples(queue, "j")] == [0, 0, 1, 1, 3, 3]
+    assert [_version(e) for e in job_results(queue, "j")] == [0, 0, 1, 1, 3, 3]
     assert len(worker.stats.reload_s) == 2
 
 
@@ -76,46 +70,38 @@ def test_unloadable_version_is_reported_once_and_work_goes_on(
         prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     queue = Queue.from_url(REDIS_URL, prefix)
     queue.policy.publish(1, "/w/v1", step=1)
-    queue.jobs.create("j", [Problem(id=f"p{i}", question=f"q{i} ANSWER={i}",
-                                    solution=f"\\boxed{{{i}}}", answer=str(i))
-                            for i in range(4)])
+    queue.jobs.create("j", answerable_problems(4))
     with LocalVerifier(workers=1) as verifier:
         worker = Worker(queue, FrozenEngine(bernoulli_script(1.0)), verifier, "w0",
                         batch_size=2, block_ms=100)
         assert worker.run_once() == 2 and worker.run_once() == 2
     warnings = [r.message for r in caplog.records if "not loaded" in r.getMessage()]
     assert len(warnings) == 1
-    assert [_version(e) for e in _examples(queue, "j")] == [0, 0, 0, 0]
+    assert [_version(e) for e in job_results(queue, "j")] == [0, 0, 0, 0]
 
 
 def test_trainer_versions_reach_the_workers_and_the_examples(prefix: str,
                                                               tmp_path: Path) -> None:
     """A trainer on the live stream publishing every 2 steps, a worker held back by
     backpressure so that it rewrites while training runs: versions propagate."""
-    from mindgap.queue import Backpressure
     from mindgap.trainer.config import TrainConfig
     from mindgap.trainer.testing import save_tiny_model
 
     model = save_tiny_model(tmp_path / "tiny")
     queue = Queue.from_url(REDIS_URL, prefix)
-    queue.jobs.create("live", [Problem(id=f"p{i}", question=f"q{i} ANSWER={i}",
-                                       solution=f"\\boxed{{{i}}}", answer=str(i))
-                               for i in range(24)])
+    queue.jobs.create("live", answerable_problems(24))
     config = TrainConfig(model=str(model), redis=REDIS_URL, redis_prefix=prefix, job="live",
                          out=str(tmp_path / "train"), loss="is", max_steps=100,
                          global_batch=4, batch_tokens=256, lr=1e-3, progress=False,
                          redis_block_ms=100, publish_every=2)
-    engine = ScriptedEngine(bernoulli_script(1.0))
-    with LocalVerifier(workers=1) as verifier:
-        worker = Worker(queue, engine, verifier, "w0", batch_size=2, block_ms=100,
-                        backpressure=Backpressure(queue.aligned, 4, 2, interval_s=0.05))
-        summary, ended = train_beside_worker(config, worker, timeout_s=240)
+    summary, ended, engine = train_beside_scripted_worker(
+        queue, config, batch_size=2, high_water=4, low_water=2, block_ms=100)
     assert ended and summary["stopped"] == "exhausted"
     published = queue.policy.history()
     assert [v.version for v in published] == list(range(1, summary["steps"] // 2 + 1))
     assert all((Path(v.path) / "model.safetensors").exists() for v in published)
     assert all(v.step == 2 * v.version for v in published)
-    examples = _examples(queue, "live")
+    examples = job_results(queue, "live")
     assert sorted(e.problem_id for e in examples) == sorted(f"p{i}" for i in range(24))
     versions = [_version(e) for e in examples]
     assert versions == sorted(versions) and versions[0] == 0 and versions[-1] >= 2
@@ -144,7 +130,7 @@ def test_worker_killed_while_reloading_loses_nothing(prefix: str) -> None:
             stop(fresh)
     finally:
         stop(slow)
-    examples = _examples(queue, "job")
+    examples = job_results(queue, "job")
     ids = [e.problem_id for e in examples]
     assert len(ids) == len(set(ids)) == 12 and status.done == 12 and status.failed == 0
     versions = [_version(e) for e in examples]

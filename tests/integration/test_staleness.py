@@ -11,20 +11,15 @@ from mindgap.queue import JobStatus, Queue
 from mindgap.queue.models import Requeue
 from mindgap.rewriter.engines.scripted import ScriptedEngine, bernoulli_script
 from mindgap.rewriter.worker import Worker
-from mindgap.schemas import AlignedExample, Problem
 from mindgap.trainer.redis_source import RedisStream
 from mindgap.verifier.pool import LocalVerifier
 from tests.conftest import REDIS_URL
-from tests.training import steps, train_beside_worker
-
-
-def _problems(count: int) -> list[Problem]:
-    return [Problem(id=f"p{i}", question=f"q{i} ANSWER={i}", solution=f"\\boxed{{{i}}}",
-                    answer=str(i)) for i in range(count)]
-
-
-def _results(queue: Queue, job_id: str) -> list[AlignedExample]:
-    return [AlignedExample.model_validate_json(raw) for _, raw in queue.jobs.results(job_id)]
+from tests.training import (
+    answerable_problems,
+    job_results,
+    steps,
+    train_beside_scripted_worker,
+)
 
 
 def _rewrite_all(queue: Queue, engine: ScriptedEngine, verifier: LocalVerifier) -> None:
@@ -35,7 +30,7 @@ def _rewrite_all(queue: Queue, engine: ScriptedEngine, verifier: LocalVerifier) 
 
 def test_requeue_is_atomic_and_once_per_problem(prefix: str) -> None:
     queue = Queue.from_url(REDIS_URL, prefix)
-    queue.jobs.create("j", _problems(4), ttl_s=3600)
+    queue.jobs.create("j", answerable_problems(4), ttl_s=3600)
     with LocalVerifier(workers=1) as verifier:
         _rewrite_all(queue, ScriptedEngine(bernoulli_script(1.0)), verifier)
         assert queue.jobs.status("j").status == JobStatus.COMPLETED
@@ -48,7 +43,7 @@ def test_requeue_is_atomic_and_once_per_problem(prefix: str) -> None:
         assert (status.status, status.done, status.requeued, status.finished) == \
             (JobStatus.RUNNING, 3, 1, None)
         assert queue.redis.ttl(queue.keys.job("j")) == -1  # reopened: no expiry while open
-        assert sorted(e.problem_id for e in _results(queue, "j")) == ["p1", "p2", "p3"]
+        assert sorted(e.problem_id for e in job_results(queue, "j")) == ["p1", "p2", "p3"]
         assert queue.tasks.depth().undelivered == 1
         # the dropped entry is acknowledged: a restarted trainer does not read it again
         assert [eid for eid, _ in queue.aligned.read_pending("t", 10)] == \
@@ -56,7 +51,7 @@ def test_requeue_is_atomic_and_once_per_problem(prefix: str) -> None:
         _rewrite_all(queue, ScriptedEngine(bernoulli_script(1.0), policy_version=3), verifier)
     status = queue.jobs.status("j")
     assert (status.status, status.done, status.requeued) == (JobStatus.COMPLETED, 4, 1)
-    results = _results(queue, "j")
+    results = job_results(queue, "j")
     assert sorted(e.problem_id for e in results) == ["p0", "p1", "p2", "p3"]
     again_id, again = queue.aligned.read_new("t", 10, 0)[0]
     assert (again.problem_id, again.behavior.policy_version) == ("p0", 3)
@@ -68,7 +63,7 @@ def test_requeue_is_atomic_and_once_per_problem(prefix: str) -> None:
 
 def test_cancelled_and_imported_examples(prefix: str) -> None:
     queue = Queue.from_url(REDIS_URL, prefix)
-    queue.jobs.create("j", _problems(2))
+    queue.jobs.create("j", answerable_problems(2))
     with LocalVerifier(workers=1) as verifier:
         Worker(queue, ScriptedEngine(bernoulli_script(1.0)), verifier, "w0", batch_size=1,
                block_ms=50).run_once()
@@ -89,7 +84,7 @@ def test_trainer_drops_stale_examples_and_each_problem_is_trained_once(
     version 0: with max_staleness 1 the trainer drops every one, re-queues its problem, and
     trains on the rewrites of version 2 that the worker makes meanwhile."""
     queue = Queue.from_url(REDIS_URL, prefix)
-    queue.jobs.create("j", _problems(6))
+    queue.jobs.create("j", answerable_problems(6))
     with LocalVerifier(workers=1) as verifier:
         engine = ScriptedEngine(bernoulli_script(1.0))
         _rewrite_all(queue, engine, verifier)
@@ -123,23 +118,19 @@ def test_a_training_run_with_a_staleness_bound_loses_and_repeats_nothing(
     """A real trainer (tiny model) publishing every step with max_staleness 0, and a worker
     allowed to run ahead: stale examples are dropped and re-queued while training runs, and
     every problem is trained on exactly once."""
-    from mindgap.queue import Backpressure
     from mindgap.trainer.config import TrainConfig
     from mindgap.trainer.testing import save_tiny_model
 
     model = save_tiny_model(tmp_path / "tiny")
     queue = Queue.from_url(REDIS_URL, prefix)
-    queue.jobs.create("live", _problems(16))
+    queue.jobs.create("live", answerable_problems(16))
     config = TrainConfig(model=str(model), redis=REDIS_URL, redis_prefix=prefix, job="live",
                          out=str(tmp_path / "train"), loss="is", max_steps=100,
                          global_batch=2, batch_tokens=256, lr=1e-3, progress=False,
                          redis_block_ms=50, publish_every=1, max_staleness=0,
                          log_example_ids=True)
-    engine = ScriptedEngine(bernoulli_script(1.0))
-    with LocalVerifier(workers=1) as verifier:
-        worker = Worker(queue, engine, verifier, "w0", batch_size=4, block_ms=50,
-                        backpressure=Backpressure(queue.aligned, 8, 4, interval_s=0.05))
-        summary, ended = train_beside_worker(config, worker, timeout_s=240)
+    summary, ended, _ = train_beside_scripted_worker(queue, config, batch_size=4,
+                                                     high_water=8, low_water=4, block_ms=50)
     assert ended and summary["stopped"] == "exhausted"
     records = steps(tmp_path / "train")
     trained = [i.split(":v")[0] for r in records for i in r["example_ids"]]
@@ -149,7 +140,7 @@ def test_a_training_run_with_a_staleness_bound_loses_and_repeats_nothing(
     status = queue.jobs.status("live")
     assert (status.status, status.done, status.requeued) == \
         (JobStatus.COMPLETED, 16, stale["stale_requeued"])
-    assert sorted(e.problem_id for e in _results(queue, "live")) == \
+    assert sorted(e.problem_id for e in job_results(queue, "live")) == \
         sorted(f"p{i}" for i in range(16))  # one result per problem: the one trained on
     assert sum(stale["histogram"].values()) == 16  # the scripted responses all have behavior
     # trained beyond the bound only where the problem had been re-queued once already
